@@ -1,0 +1,61 @@
+# CityOS — `make help` lists the targets. Everything runs through uv from the committed uv.lock;
+# uv itself is bootstrapped into .tools/ when it is not on PATH (a fresh machine needs only python3).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := $(CURDIR)/.tools/bin/uv
+endif
+RUN := $(UV) run --frozen
+PYPROJECTS := $(wildcard pyproject.toml platform/pyproject.toml proto/gen/python/pyproject.toml services/*/pyproject.toml)
+PYTEST_ARGS ?=
+
+.PHONY: help install run test test-fast lint proto proto-check vendor-protos bench clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(CURDIR)/.tools/bin/uv:
+	@echo "uv not found: installing uv $(UV_VERSION) into .tools/"
+	python3 -m venv $(CURDIR)/.tools
+	$(CURDIR)/.tools/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
+
+.venv/.synced: $(UV) uv.lock $(PYPROJECTS)
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+install: .venv/.synced ## install every workspace member and the dev tools from uv.lock
+
+run: install ## bring up the city on embedded defaults (every installed service); Ctrl-C stops it
+	$(RUN) cityos dev
+
+test: install ## the whole suite (what CI runs), slow tests included
+	$(RUN) pytest $(PYTEST_ARGS)
+
+test-fast: install ## the suite without the tests marked slow
+	$(RUN) pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install ## ruff, buf lint, buf breaking (against the previous commit), mypy on the platform
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) buf lint
+	BUF="$(RUN) buf" bash scripts/buf_breaking.sh
+	$(RUN) mypy
+
+proto: install ## regenerate the committed stubs in proto/gen/python from proto/
+	$(RUN) python scripts/gen_protos.py
+
+proto-check: install ## fail if the committed stubs differ from a fresh generation (CI's drift gate)
+	$(RUN) python scripts/gen_protos.py --check
+
+vendor-protos: install ## re-copy the google/rpc protos we import from the googleapis-common-protos wheel
+	$(RUN) python scripts/vendor_protos.py
+
+bench: install ## run the benchmarks; each prints ratios against a baseline measured in the same run
+	@for b in bench/*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
+
+clean: ## remove local state (var/), caches and the virtualenv
+	rm -rf var .venv .tools .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

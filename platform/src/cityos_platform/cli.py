@@ -1,0 +1,86 @@
+"""The `cityos` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cityos_platform import __version__
+from cityos_platform.config import ConfigError, Settings, load_settings
+from cityos_platform.logs import configure_logging
+from cityos_platform.registry import UnknownService, discover, lookup
+from cityos_platform.server import serve, serve_until_signalled
+
+app = typer.Typer(help="CityOS: run and operate the city's services.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+log = logging.getLogger("cityos")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def dev() -> None:
+    """Start every installed service on localhost (embedded mode); Ctrl-C stops them all."""
+    from cityos_platform.launcher import Launcher
+
+    raise typer.Exit(Launcher(_settings(), console).run())
+
+
+@app.command("serve")
+def serve_command(name: str = typer.Argument(..., help="the service to serve, e.g. parking")) -> None:
+    """Serve one service in this process until SIGTERM or SIGINT."""
+    settings = _settings()
+    configure_logging(name, settings.log_level, settings.log_format)
+    try:
+        definition = lookup(name)
+    except UnknownService as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    asyncio.run(_serve(definition.name, definition.load_factory()(settings), settings))
+
+
+async def _serve(name: str, service_app: object, settings: Settings) -> None:
+    mounts = await service_app.start()  # type: ignore[attr-defined]
+    try:
+        running = await serve(mounts, settings, label=name)
+        await serve_until_signalled(running)
+    finally:
+        await service_app.stop()  # type: ignore[attr-defined]
+
+
+@app.command()
+def services() -> None:
+    """List the installed services and their embedded-mode ports."""
+    found = discover()
+    if not found:
+        console.print("no services installed")
+        return
+    table = Table("service", "dev port", "factory", "description")
+    for definition in found.values():
+        table.add_row(definition.name, str(definition.dev_port), definition.factory, definition.description)
+    console.print(table)
+
+
+@app.command()
+def version() -> None:
+    """Print the platform version."""
+    console.print(__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Typed configuration from the environment (`CITYOS_*`), validated at start.
+
+Every setting has a safe embedded default; production overrides them through environment variables
+set by the Helm chart. A bad value stops the process with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CITYOS_"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names every offending variable."""
+
+
+class Settings(BaseSettings):
+    """Runtime settings shared by every service process."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # Where the process runs.
+    mode: Literal["embedded", "production"] = "embedded"
+    var_dir: Path = Path("var")
+
+    # gRPC listener.
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+    # Unary calls: a default deadline when the client sets none, and a concurrency limit.
+    unary_deadline_s: float = Field(default=10.0, gt=0, le=600)
+    unary_concurrency: int = Field(default=256, ge=1, le=100_000)
+
+    # Long-lived streams: caps per caller and in total, for each stream class.
+    stream_cap_per_caller: int = Field(default=16, ge=1, le=100_000)
+    stream_cap_total: int = Field(default=1024, ge=1, le=1_000_000)
+
+    # Graceful shutdown: health turns NOT_SERVING, after `drain_delay_s` new calls are refused,
+    # in-flight calls get `grace_s` to finish.
+    drain_delay_s: float = Field(default=0.0, ge=0, le=60)
+    grace_s: float = Field(default=10.0, ge=0, le=300)
+
+    # TLS: a certificate and key enable TLS; a client CA enables mutual TLS (client certificate required).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+
+    # Logs.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(f"{ENV_PREFIX}TLS_CERT_FILE and {ENV_PREFIX}TLS_KEY_FILE must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(f"{ENV_PREFIX}TLS_CLIENT_CA_FILE needs {ENV_PREFIX}TLS_CERT_FILE and _KEY_FILE")
+        for field in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            path = getattr(self, field)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{ENV_PREFIX}{field.upper()}: no such file: {path}")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert_file is not None
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        location = [str(part) for part in item.get("loc", ()) if part != "__root__"]
+        message = item.get("msg", "invalid").removeprefix("Value error, ")
+        if location:
+            variable = ENV_PREFIX + "_".join(location).upper()
+            value = item.get("input")
+            shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+            lines.append(f"{variable}: {message}{shown}")
+        else:
+            lines.append(message)
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment (and `overrides`), or raise ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None

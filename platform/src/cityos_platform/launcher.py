@@ -1,0 +1,179 @@
+"""`cityos dev`: the embedded launcher.
+
+Starts every installed service (found through the `cityos.services` entry points) as its own process on
+its own localhost port, waits until each reports SERVING on gRPC health, prints the endpoints, and on
+Ctrl-C (SIGINT) or SIGTERM stops them all gracefully. A service that dies takes the group down with a
+pointer to its log, so a broken city never looks alive.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.console import Console
+from rich.table import Table
+
+from cityos_platform.config import Settings
+from cityos_platform.registry import ServiceDefinition, discover
+
+READY_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Child:
+    definition: ServiceDefinition
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def health_status(address: str, timeout: float = 1.0) -> int | None:
+    """The overall health status of the server at `address`, or None when it does not answer."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+        except grpc.RpcError:
+            return None
+    return int(response.status)
+
+
+class Launcher:
+    def __init__(self, settings: Settings, console: Console) -> None:
+        self.settings = settings
+        self.console = console
+        self.children: list[Child] = []
+        self.stop_requested = False
+
+    def _request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested = True
+
+    def spawn(self, definition: ServiceDefinition) -> Child:
+        port = definition.dev_port if port_is_free(definition.dev_port) else free_port()
+        log_dir = self.settings.var_dir / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"{definition.name}.log"
+        env = {**os.environ, "CITYOS_PORT": str(port), "CITYOS_HOST": "127.0.0.1"}
+        with log_path.open("ab") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "cityos_platform.cli", "serve", definition.name],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
+            )
+        return Child(definition, port, log_path, process)
+
+    def wait_ready(self, child: Child) -> bool:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline and not self.stop_requested:
+            if child.process.poll() is not None:
+                return False
+            if health_status(child.address) == health_pb2.HealthCheckResponse.SERVING:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def endpoints_table(self) -> Table:
+        table = Table(title="CityOS — embedded city", title_justify="left")
+        table.add_column("service")
+        table.add_column("endpoint")
+        table.add_column("pid", justify="right")
+        table.add_column("log")
+        for child in self.children:
+            table.add_row(child.definition.name, child.address, str(child.process.pid), str(child.log_path))
+        return table
+
+    def stop_all(self) -> int:
+        """SIGTERM every child, wait for the grace period, kill what is left; the number killed."""
+        for child in self.children:
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.grace_s + self.settings.drain_delay_s + 5
+        killed = 0
+        for child in self.children:
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+                killed += 1
+        return killed
+
+    def run(self) -> int:
+        services = discover()
+        if not services:
+            self.console.print(
+                "No CityOS services are installed yet, so none were started. Services register "
+                "through the [bold]cityos.services[/bold] entry point (see docs/adding-a-service.md)."
+            )
+            return 0
+        signal.signal(signal.SIGINT, self._request_stop)
+        signal.signal(signal.SIGTERM, self._request_stop)
+        status = 0
+        try:
+            self.console.print(f"starting {len(services)} service(s): {', '.join(services)}")
+            self.children = [self.spawn(definition) for definition in services.values()]
+            for child in self.children:
+                if not self.wait_ready(child):
+                    if self.stop_requested:
+                        break
+                    self.console.print(
+                        f"[red]{child.definition.name} did not become ready; see {child.log_path}[/red]"
+                    )
+                    return 1
+            if not self.stop_requested:
+                self.console.print(self.endpoints_table())
+                self.console.print("Every service answers gRPC health and reflection, e.g.:")
+                first = self.children[0]
+                self.console.print(f"  grpcurl -plaintext {first.address} list", markup=False)
+                self.console.print("Press Ctrl-C to stop.")
+            while not self.stop_requested:
+                for child in self.children:
+                    code = child.process.poll()
+                    if code is not None:
+                        self.console.print(
+                            f"[red]{child.definition.name} exited with status {code}; "
+                            f"see {child.log_path}. Stopping the city.[/red]"
+                        )
+                        return 1
+                time.sleep(0.3)
+            return status
+        finally:
+            if self.children:
+                self.console.print("stopping…")
+                killed = self.stop_all()
+                self.console.print(
+                    "stopped" + (f" ({killed} service(s) had to be killed)" if killed else " cleanly")
+                )

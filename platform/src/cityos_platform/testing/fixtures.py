@@ -1,0 +1,151 @@
+"""pytest fixtures: in-process servers on ephemeral ports, in-memory telemetry, a throwaway PostgreSQL.
+
+PostgreSQL: `CITYOS_TEST_PG` (default postgresql://postgres@127.0.0.1:5432/postgres) names an admin
+connection; each run creates its own database and drops it at the end. Where no server answers, the
+tests that need it are skipped with the reason — except under CI=true, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from cityos_platform.config import load_settings
+from cityos_platform.server import Mount, RunningServer, serve
+from cityos_platform.telemetry import Telemetry
+from cityos_platform.testing import conformance
+
+DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@dataclass
+class TelemetryCapture:
+    """In-memory span and metric capture, handed to `serve(telemetry=…)`."""
+
+    spans: InMemorySpanExporter
+    metrics: InMemoryMetricReader
+    telemetry: Telemetry
+
+    def metric_points(self, name: str) -> list[Any]:
+        data = self.metrics.get_metrics_data()
+        points: list[Any] = []
+        for resource in data.resource_metrics if data else []:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        points.extend(metric.data.data_points)
+        return points
+
+
+@pytest.fixture
+def telemetry_capture() -> Iterator[TelemetryCapture]:
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    yield TelemetryCapture(spans, reader, Telemetry.from_providers(tracer_provider, meter_provider))
+    tracer_provider.shutdown()
+    meter_provider.shutdown()
+
+
+StartServer = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def start_server(telemetry_capture: TelemetryCapture) -> AsyncIterator[StartServer]:
+    """`await start_server(mounts, **settings)`: a started server on 127.0.0.1 and an ephemeral port."""
+    running: list[RunningServer] = []
+
+    async def start(mounts: Sequence[Mount], **overrides: Any) -> RunningServer:
+        telemetry = overrides.pop("telemetry", telemetry_capture.telemetry)
+        settings = load_settings(**{"host": "127.0.0.1", "port": 0, "grace_s": 0.5, **overrides})
+        server = await serve(mounts, settings, telemetry=telemetry)
+        running.append(server)
+        return server
+
+    yield start
+    for server in running:
+        await server.stop(grace=0)
+
+
+@pytest.fixture
+async def conformance_server(start_server: StartServer) -> RunningServer:
+    """The conformance service on an ephemeral port with default settings."""
+    return await start_server([conformance.mount()])
+
+
+@pytest.fixture
+def settings_factory() -> Callable[..., Any]:
+    """`settings_factory(**overrides)`: settings for a test server on 127.0.0.1 and an ephemeral port."""
+
+    def make(**overrides: Any) -> Any:
+        return load_settings(**{"host": "127.0.0.1", "port": 0, "grace_s": 0.5, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def registered_conformance(tmp_path: Any) -> dict[str, str]:
+    """An environment in which the conformance service is installed as a `cityos.services` entry point.
+
+    A real distribution's metadata (dist-info with entry_points.txt) on PYTHONPATH, so a subprocess finds
+    it exactly as it finds an installed service.
+    """
+    site = tmp_path / "site"
+    dist_info = site / "cityos_conformance_testsvc-0.0.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: cityos-conformance-testsvc\nVersion: 0.0.0\n"
+    )
+    (dist_info / "entry_points.txt").write_text(
+        "[cityos.services]\nconformance = cityos_platform.testing.conformance:SERVICE\n"
+    )
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "CITYOS_VAR_DIR": str(tmp_path / "var")}
+
+
+def unreachable(reason: str) -> None:
+    """A required external service is missing: skip with the reason, or fail the run under CI=true."""
+    if under_ci():
+        pytest.fail(f"{reason} (CI=true: it is required)", pytrace=False)
+    pytest.skip(reason)
+
+
+async def _admin(dsn: str, statement: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(dsn, timeout=5)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A fresh database for this test run (asyncpg DSN form); dropped at the end."""
+    admin = os.environ.get("CITYOS_TEST_PG", DEFAULT_ADMIN_DSN)
+    name = f"cityos_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
+    except Exception as error:  # any failure to reach it means the same here
+        unreachable(f"PostgreSQL unreachable at {admin}: {error!r}")
+    base, _, _ = admin.rpartition("/")
+    yield f"{base}/{name}"
+    asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -1,0 +1,35 @@
+"""Client-side helpers for tests: read the rich google.rpc.Status a failed call carried."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+M = TypeVar("M", bound=Message)
+
+
+def rich_status(error: grpc.RpcError) -> status_pb2.Status:
+    """The google.rpc.Status a failed call carried in its trailers (asserts there is one)."""
+    status = rpc_status.from_call(error)
+    assert status is not None, f"no rich status on {error}"
+    return status
+
+
+def detail(status: status_pb2.Status, kind: type[M]) -> Any:
+    """The first detail of type `kind` in the status, unpacked, or None."""
+    for packed in status.details:
+        if packed.Is(kind.DESCRIPTOR):
+            message = kind()
+            packed.Unpack(message)
+            return message
+    return None
+
+
+def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
+    info = detail(rich_status(error), error_details_pb2.ErrorInfo)
+    assert isinstance(info, error_details_pb2.ErrorInfo)
+    return info

@@ -1,0 +1,105 @@
+"""FND-2: SIGTERM during an in-flight call drains gracefully.
+
+A real `cityos serve` process: health turns NOT_SERVING, the in-flight call completes, new calls are
+refused, and the process exits 0 within its grace period.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cityos.testing.v1 import conformance_pb2, conformance_pb2_grpc
+from cityos_platform.launcher import free_port, health_status
+
+DRAIN_S = 1.0
+GRACE_S = 5.0
+
+
+def _wait_serving(address: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read() if process.stdout else "server exited"
+        if health_status(address) == health_pb2.HealthCheckResponse.SERVING:
+            return
+        time.sleep(0.1)
+    raise AssertionError("server did not become SERVING")
+
+
+@pytest.mark.slow
+@pytest.mark.req("FND-2")
+def test_sigterm_drains_in_flight_call_refuses_new_ones_and_exits_within_grace(registered_conformance):
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = {
+        **registered_conformance,
+        "CITYOS_PORT": str(port),
+        "CITYOS_DRAIN_DELAY_S": str(DRAIN_S),
+        "CITYOS_GRACE_S": str(GRACE_S),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cityos_platform.cli", "serve", "conformance"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_serving(address, process)
+        in_flight: dict[str, object] = {}
+
+        def slow_call() -> None:
+            with grpc.insecure_channel(address) as channel:
+                stub = conformance_pb2_grpc.ConformanceServiceStub(channel)
+                try:
+                    in_flight["reply"] = stub.Echo(
+                        conformance_pb2.EchoRequest(message="finish me", delay_ms=2500), timeout=15
+                    )
+                except grpc.RpcError as error:
+                    in_flight["error"] = error
+
+        caller = threading.Thread(target=slow_call)
+        caller.start()
+        time.sleep(0.4)  # the call is in the handler now
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+
+        # Health turns NOT_SERVING first (while the drain delay lets load balancers notice).
+        with grpc.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            seen = None
+            while time.monotonic() - signalled < DRAIN_S:
+                seen = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if seen == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                time.sleep(0.05)
+            assert seen == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        # After the drain delay, new calls are refused while the in-flight one is still running.
+        time.sleep(max(0.0, DRAIN_S + 0.3 - (time.monotonic() - signalled)))
+        assert caller.is_alive()
+        with grpc.insecure_channel(address) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                conformance_pb2_grpc.ConformanceServiceStub(channel).Echo(
+                    conformance_pb2.EchoRequest(message="too late"), timeout=2
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        caller.join(timeout=15)
+        assert "error" not in in_flight, in_flight.get("error")
+        assert in_flight["reply"].message == "finish me"
+
+        code = process.wait(timeout=DRAIN_S + GRACE_S + 2)
+        elapsed = time.monotonic() - signalled
+        assert code == 0
+        assert elapsed < DRAIN_S + GRACE_S
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
