@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CITYOS_"
@@ -51,6 +51,27 @@ class Settings(BaseSettings):
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
 
+    # Storage: a SQLAlchemy URL (postgresql://… in production); empty means SQLite under var/db/.
+    database_url: str = ""
+    # How often an event stream polls for commits made by other replicas (its own wake it at once).
+    events_poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+
+    # Callers: OIDC bearer tokens from this issuer (Keycloak's realm URL in production; the embedded
+    # default is the development issuer `cityos dev` runs), for this audience.
+    auth_issuer: str = "http://127.0.0.1:8099/realms/cityos"
+    auth_audience: str = "cityos"
+    # Empty: the issuer's `/protocol/openid-connect/certs` (Keycloak's path; the dev issuer serves it too).
+    auth_jwks_url: str = ""
+    auth_leeway_s: float = Field(default=30.0, ge=0, le=300)
+    auth_jwks_refresh_s: float = Field(default=30.0, ge=1, le=3600)
+
+    # Page tokens are signed with this secret (shared by a service's replicas); empty in embedded mode
+    # means a key created once under var/secrets/.
+    page_token_secret: SecretStr = SecretStr("")
+
+    # The access log's folder (one hash-chained file per service); empty means var/audit.
+    access_log_dir: Path | None = None
+
     # Logs.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -66,6 +87,34 @@ class Settings(BaseSettings):
             if path is not None and not path.is_file():
                 raise ValueError(f"{ENV_PREFIX}{field.upper()}: no such file: {path}")
         return self
+
+    @model_validator(mode="after")
+    def _production_needs(self) -> Settings:
+        if self.mode == "production":
+            missing = [
+                name
+                for name, value in (
+                    ("DATABASE_URL", self.database_url),
+                    ("PAGE_TOKEN_SECRET", self.page_token_secret.get_secret_value()),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError("production mode needs " + ", ".join(ENV_PREFIX + name for name in missing))
+        return self
+
+    @property
+    def jwks_url(self) -> str:
+        return self.auth_jwks_url or self.auth_issuer.rstrip("/") + "/protocol/openid-connect/certs"
+
+    def database_url_for(self, service: str) -> str:
+        return (
+            self.database_url
+            or f"sqlite+aiosqlite:///{(self.var_dir / 'db' / f'{service}.sqlite').resolve()}"
+        )
+
+    def access_log_path(self, service: str) -> Path:
+        return (self.access_log_dir or self.var_dir / "audit") / f"access-{service}.jsonl"
 
     @property
     def tls_enabled(self) -> bool:

@@ -89,6 +89,10 @@ class InvalidArgument(CityOSError):
     def field(cls, field: str, description: str) -> InvalidArgument:
         return cls([FieldViolation(field, description)])
 
+    @classmethod
+    def many(cls, violations: Iterable[tuple[str, str]]) -> InvalidArgument:
+        return cls([FieldViolation(field, description) for field, description in violations])
+
 
 class NotFound(CityOSError):
     code = grpc.StatusCode.NOT_FOUND

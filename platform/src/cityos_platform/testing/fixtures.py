@@ -137,15 +137,41 @@ async def _admin(dsn: str, statement: str) -> None:
         await connection.close()
 
 
-@pytest.fixture(scope="session")
-def postgres_dsn() -> Iterator[str]:
-    """A fresh database for this test run (asyncpg DSN form); dropped at the end."""
-    admin = os.environ.get("CITYOS_TEST_PG", DEFAULT_ADMIN_DSN)
-    name = f"cityos_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+def _admin_dsn() -> str:
+    return os.environ.get("CITYOS_TEST_PG", DEFAULT_ADMIN_DSN)
+
+
+def _create_database(prefix: str) -> str:
+    """Create a uniquely named database and return its DSN (skips, or fails under CI, when unreachable)."""
+    admin = _admin_dsn()
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     try:
         asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
     except Exception as error:  # any failure to reach it means the same here
         unreachable(f"PostgreSQL unreachable at {admin}: {error!r}")
     base, _, _ = admin.rpartition("/")
-    yield f"{base}/{name}"
-    asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    return f"{base}/{name}"
+
+
+def _drop_database(dsn: str) -> None:
+    name = dsn.rpartition("/")[2]
+    asyncio.run(_admin(_admin_dsn(), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A fresh database for this test run (asyncpg DSN form); dropped at the end."""
+    dsn = _create_database("cityos_test")
+    yield dsn
+    _drop_database(dsn)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """An empty database of its own for one test, on SQLite and (a second run) on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'test.sqlite'}"
+        return
+    dsn = _create_database("cityos_t")
+    yield dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    _drop_database(dsn)
