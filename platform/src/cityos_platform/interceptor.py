@@ -3,13 +3,16 @@
 For every RPC with a declared policy, in this order:
 1. a server span (W3C `traceparent` from the caller is continued) that is current for the handler,
    so logs carry its trace id;
-2. admission: unary calls against the unary concurrency limit, streams against their class's caps
-   per caller and in total; over a limit, RESOURCE_EXHAUSTED with RetryInfo before the handler runs;
+2. the caller: a verified bearer token or the anonymous principal (UNAUTHENTICATED for a bad token),
+   held to the method's declared policy (PERMISSION_DENIED);
 3. the per-RPC request size limit;
-4. the default deadline for a unary call whose client set none;
-5. error mapping: a `CityOSError` becomes its rich `google.rpc.Status`; any other exception becomes
+4. admission: unary calls against the unary concurrency limit, streams against their class's caps
+   per caller and in total; over a limit, RESOURCE_EXHAUSTED with RetryInfo before the handler runs;
+5. the default deadline for a unary call whose client set none;
+6. error mapping: a `CityOSError` becomes its rich `google.rpc.Status`; any other exception becomes
    INTERNAL with an error id (logged with the traceback, never sent);
-6. the duration metric and one access-log line (method, caller, status, duration, trace id).
+7. the duration metric, one JSON log line on `cityos.access`, and one record in the hash-chained
+   access log (time, subject, organization, method, resource, status, trace id).
 
 Platform-owned services (health, reflection) pass through untouched.
 """
@@ -24,6 +27,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -31,6 +35,9 @@ from google.protobuf.message import Message
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from cityos_platform.accesslog import AccessLog, AccessRecord
+from cityos_platform.auth import Principal
+from cityos_platform.authz import Authenticator, authorize
 from cityos_platform.config import Settings
 from cityos_platform.errors import (
     CityOSError,
@@ -63,6 +70,8 @@ class CallInfo:
     caller: str
     peer: str
     metadata: Mapping[str, str | bytes]
+    principal: Principal = field(default_factory=Principal.anonymous)
+    resource: str = ""
     code: grpc.StatusCode = grpc.StatusCode.OK
     error_id: str = ""
     started: float = field(default_factory=time.perf_counter)
@@ -153,12 +162,17 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         settings: Settings,
         telemetry: Telemetry,
         service_label: str = "",
+        *,
+        authenticator: Authenticator | None = None,
+        access_records: AccessLog | None = None,
     ) -> None:
         self.policies = dict(policies)
         self.settings = settings
         self.telemetry = telemetry
         self.limits = Limits(settings)
         self.service_label = service_label
+        self.authenticator = authenticator
+        self.access_records = access_records
 
     async def intercept_service(
         self,
@@ -192,29 +206,23 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             info = self._begin(policy, context)
             token = _current.set(info)
             span = self._start_span(policy, context)
+            admitted = False
             try:
                 with trace.use_span(span, end_on_exit=False):
                     try:
-                        self.limits.admit_unary()
-                    except CityOSError as error:
-                        await self._abort(context, info, error)
-                    try:
-                        request = self._checked(request, policy, policy.client_streaming)
+                        request = await self._admit(info, request, stream=False)
+                        admitted = True
                         timeout = self._default_timeout(policy, context)
                         if timeout is None:
                             return await behavior(request, context)
                         try:
                             return await asyncio.wait_for(behavior(request, context), timeout)
                         except TimeoutError:
-                            await self._abort(
-                                context,
-                                info,
-                                DeadlineExceeded(
-                                    f"the call did not finish within the default deadline of {timeout:g} s; "
-                                    "set a deadline on the call to choose another",
-                                    reason="DEFAULT_DEADLINE_EXCEEDED",
-                                ),
-                            )
+                            raise DeadlineExceeded(
+                                f"the call did not finish within the default deadline of {timeout:g} s; "
+                                "set a deadline on the call to choose another",
+                                reason="DEFAULT_DEADLINE_EXCEEDED",
+                            ) from None
                     except grpc.aio.AbortError:
                         raise
                     except asyncio.CancelledError:
@@ -223,7 +231,8 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     except Exception as error:
                         await self._map_exception(context, info, error)
                     finally:
-                        self.limits.release_unary()
+                        if admitted:
+                            self.limits.release_unary()
             finally:
                 _current.reset(token)
                 self._finish(span, info, context)
@@ -237,14 +246,12 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             info = self._begin(policy, context)
             token = _current.set(info)
             span = self._start_span(policy, context)
+            admitted = False
             try:
                 with trace.use_span(span, end_on_exit=False):
                     try:
-                        self.limits.admit_stream(policy, info.caller)
-                    except CityOSError as error:
-                        await self._abort(context, info, error)
-                    try:
-                        request = self._checked(request, policy, policy.client_streaming)
+                        request = await self._admit(info, request, stream=True)
+                        admitted = True
                         async for response in behavior(request, context):
                             yield response
                     except grpc.aio.AbortError:
@@ -255,7 +262,8 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     except Exception as error:
                         await self._map_exception(context, info, error)
                     finally:
-                        self.limits.release_stream(policy, info.caller)
+                        if admitted:
+                            self.limits.release_stream(policy, info.caller)
             finally:
                 _current.reset(token)
                 self._finish(span, info, context)
@@ -268,6 +276,24 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         metadata = {key: value for key, value in (context.invocation_metadata() or ())}
         peer = context.peer() or ""
         return CallInfo(policy=policy, caller=peer_host(peer), peer=peer, metadata=metadata)
+
+    async def _admit(self, info: CallInfo, request: Any, *, stream: bool) -> Any:
+        """Authenticate, authorize, check the size, then take a unary or stream slot (taken last, so
+        nothing before it needs to give one back)."""
+        policy = info.policy
+        if self.authenticator is not None:
+            info.principal = await self.authenticator.principal(info.metadata)
+            if not info.principal.is_anonymous:
+                info.caller = info.principal.subject
+        authorize(policy, info.principal)
+        if not policy.client_streaming and policy.resource_field:
+            info.resource = resource_of(request, policy.resource_field)
+        request = self._checked(request, policy, policy.client_streaming)
+        if stream:
+            self.limits.admit_stream(policy, info.caller)
+        else:
+            self.limits.admit_unary()
+        return request
 
     def _start_span(self, policy: Policy, context: grpc.aio.ServicerContext) -> trace.Span:
         carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
@@ -334,9 +360,12 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             "rpc.grpc.status_code": code.value[0],
         }
         self.telemetry.duration.record(elapsed_ms, attributes)
+        principal = info.principal
         fields: dict[str, Any] = {
             "method": info.policy.full_method,
             "caller": info.caller,
+            "organization": principal.organization,
+            "resource": info.resource,
             "code": code.name,
             "duration_ms": round(elapsed_ms, 3),
         }
@@ -350,7 +379,31 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             elapsed_ms,
             extra={"fields": fields, "trace_id": trace_id, "span_id": format(span_context.span_id, "016x")},
         )
+        if self.access_records is not None:
+            self.access_records.record(
+                AccessRecord(
+                    time=datetime.now(UTC).isoformat(timespec="milliseconds"),
+                    subject=principal.subject,
+                    organization=principal.organization,
+                    client=principal.client,
+                    on_behalf_of=principal.on_behalf_of,
+                    method=info.policy.full_method,
+                    resource=info.resource,
+                    code=code.name,
+                    trace_id=trace_id,
+                    duration_ms=round(elapsed_ms, 3),
+                    peer=info.peer,
+                )
+            )
         span.end()
+
+
+def resource_of(request: Any, path: str) -> str:
+    """The value of a dotted field path of a request (the policy's `resource_field`), as text."""
+    value: Any = request
+    for part in path.split("."):
+        value = getattr(value, part, "")
+    return value if isinstance(value, str) else str(value)
 
 
 def _check_size(message: Message, limit: int) -> None:

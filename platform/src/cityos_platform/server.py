@@ -20,6 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from cityos_platform.accesslog import AccessLog
+from cityos_platform.authz import Authenticator
 from cityos_platform.config import Settings
 from cityos_platform.interceptor import RuntimeInterceptor
 from cityos_platform.policy import service_policies
@@ -28,6 +30,13 @@ from cityos_platform.telemetry import Telemetry, configure_telemetry
 log = logging.getLogger(__name__)
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class _FromSettings:
+    """Marker default: build the component from the settings."""
+
+
+FROM_SETTINGS = _FromSettings()
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,8 @@ class RunningServer:
         if self.settings.drain_delay_s:
             await asyncio.sleep(self.settings.drain_delay_s)
         await self.server.stop(grace)
+        if self.runtime.access_records is not None:
+            await self.runtime.access_records.close()
         log.info("server stopped")
 
     async def wait_for_termination(self) -> None:
@@ -116,15 +127,30 @@ async def serve(
     *,
     label: str = "",
     telemetry: Telemetry | None = None,
+    authenticator: Authenticator | None | _FromSettings = FROM_SETTINGS,
+    access_log: AccessLog | None | _FromSettings = FROM_SETTINGS,
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> RunningServer:
     """Build, bind and start a server for `mounts`; returns at once with the bound port.
 
+    By default callers are verified against the issuer the settings name and every call is recorded in
+    the access log under the settings' folder; tests pass their own (or None to leave either out).
     Raises PolicyError (before binding) when any mounted RPC lacks a valid policy.
     """
     policies = service_policies(mount.descriptor for mount in mounts)
     label = label or (mounts[0].name if mounts else "cityos")
-    interceptor = RuntimeInterceptor(policies, settings, telemetry or configure_telemetry(label), label)
+    if isinstance(authenticator, _FromSettings):
+        authenticator = Authenticator.from_settings(settings)
+    if isinstance(access_log, _FromSettings):
+        access_log = AccessLog(settings.access_log_path(label))
+    interceptor = RuntimeInterceptor(
+        policies,
+        settings,
+        telemetry or configure_telemetry(label),
+        label,
+        authenticator=authenticator,
+        access_records=access_log,
+    )
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),

@@ -1,0 +1,56 @@
+"""Who is calling and whether the RPC's declared policy lets them.
+
+`Authenticator` turns the call's metadata into a `Principal`: a verified bearer token, or the anonymous
+principal when there is none (which only public methods accept). `authorize()` applies the method's
+policy: public methods admit anyone; others need one of the declared roles (`city-admin` holds every
+permission), or the permission itself among the token's scopes (API-key tokens carry scopes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from cityos_platform.auth import JwksCache, Principal, TokenVerifier, bearer_token
+from cityos_platform.clock import SYSTEM_CLOCK, Clock
+from cityos_platform.config import Settings
+from cityos_platform.errors import PermissionDenied, Unauthenticated
+from cityos_platform.policy import Policy
+
+SUPERUSER_ROLE = "city-admin"
+
+
+class Authenticator:
+    def __init__(self, verifier: TokenVerifier) -> None:
+        self.verifier = verifier
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Authenticator:
+        jwks = JwksCache(url=settings.jwks_url, min_refresh_interval_s=settings.auth_jwks_refresh_s, clock=clock)
+        verifier = TokenVerifier(
+            settings.auth_issuer, settings.auth_audience, jwks, leeway_s=settings.auth_leeway_s, clock=clock
+        )
+        return cls(verifier)
+
+    async def principal(self, metadata: Mapping[str, str | bytes]) -> Principal:
+        token = bearer_token(metadata)
+        if token is None:
+            return Principal.anonymous()
+        return await self.verifier.verify(token)
+
+
+def authorize(policy: Policy, principal: Principal) -> None:
+    """Raise unless the principal may call the method."""
+    if policy.public:
+        return
+    if principal.is_anonymous:
+        raise Unauthenticated(
+            "this method needs a bearer token (authorization: Bearer <token>)", reason="TOKEN_REQUIRED"
+        )
+    if principal.has_role(SUPERUSER_ROLE, *policy.roles) or policy.permission in principal.scopes:
+        return
+    raise PermissionDenied(
+        f"{policy.method} needs permission {policy.permission!r}"
+        + (f" (held by roles: {', '.join(policy.roles)})" if policy.roles else ""),
+        reason="MISSING_PERMISSION",
+        metadata={"permission": policy.permission, "method": policy.full_method},
+    )
