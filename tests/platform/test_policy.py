@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 from cityos.common.v1 import policy_pb2
-from cityos.testing.v1 import conformance_pb2
+from cityos.testing.v1 import conformance_pb2, conformance_pb2_grpc
 from cityos_platform.policy import PolicyError, service_policies
 from cityos_platform.server import Mount, serve
 from cityos_platform.testing import conformance
@@ -38,6 +39,15 @@ def _service(methods: list[tuple[str, policy_pb2.MethodPolicy | None, bool]]):
             method.options.Extensions[policy_pb2.policy].CopyFrom(policy)
     pool.Add(file)
     return pool.FindServiceByName("cityos.probe.v1.ProbeService")
+
+
+@pytest.mark.req("CORE-2")
+async def test_a_public_method_answers_the_anonymous_principal(conformance_server):
+    async with grpc.aio.insecure_channel(conformance_server.address) as channel:
+        stub = conformance_pb2_grpc.ConformanceServiceStub(channel)
+        reply = await stub.Echo(conformance_pb2.EchoRequest(message="no token"), timeout=5)
+    assert reply.message == "no token"
+    assert reply.caller == "127.0.0.1"  # anonymous callers are known by their peer address
 
 
 def test_declared_policies_are_read_from_the_descriptor():
@@ -83,6 +93,7 @@ def test_an_invalid_policy_is_refused_with_the_method_named(policy, streaming, f
     assert fault in str(caught.value)
 
 
+@pytest.mark.req("CORE-2")
 async def test_a_server_with_an_undeclared_rpc_refuses_to_start(settings_factory):
     ok = policy_pb2.MethodPolicy(public=True)
     broken = Mount(

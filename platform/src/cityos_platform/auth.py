@@ -152,8 +152,10 @@ class JwksCache:
                     keys[entry["kid"]] = jwt.PyJWK(entry)
                 except jwt.PyJWKError as error:
                     log.warning("ignoring an unusable JWKS key %s: %s", entry.get("kid"), error)
-        except Exception as error:  # noqa: BLE001 - keep the keys we have; the next refresh may work
-            log.warning("JWKS refresh from %s failed (%s); keeping %d known keys", self.url, error, len(self._keys))
+        except Exception as error:
+            log.warning(
+                "JWKS refresh from %s failed (%s); keeping %d known keys", self.url, error, len(self._keys)
+            )
             return
         self._keys = keys
 
@@ -195,7 +197,9 @@ class TokenVerifier:
             raise Unauthenticated("the token names no signing key (kid)", reason="TOKEN_UNKNOWN_KEY")
         key = await self.jwks.key(kid)
         if key is None:
-            raise Unauthenticated("the token was signed by a key the issuer does not publish", reason="TOKEN_UNKNOWN_KEY")
+            raise Unauthenticated(
+                "the token was signed by a key the issuer does not publish", reason="TOKEN_UNKNOWN_KEY"
+            )
         if _KEY_FAMILY[algorithm[:2]] != key.key_type:
             raise Unauthenticated("the token's algorithm does not match its key", reason="TOKEN_ALGORITHM")
         try:
@@ -213,13 +217,17 @@ class TokenVerifier:
                 },
             )
         except jwt.InvalidAudienceError:
-            raise Unauthenticated("the token is not meant for CityOS (audience)", reason="TOKEN_AUDIENCE") from None
+            raise Unauthenticated(
+                "the token is not meant for CityOS (audience)", reason="TOKEN_AUDIENCE"
+            ) from None
         except jwt.InvalidIssuerError:
             raise Unauthenticated("the token comes from another issuer", reason="TOKEN_ISSUER") from None
         except jwt.InvalidSignatureError:
             raise Unauthenticated("the token's signature does not verify", reason="TOKEN_SIGNATURE") from None
         except jwt.MissingRequiredClaimError as error:
-            raise Unauthenticated(f"the token lacks the {error.claim!r} claim", reason="TOKEN_MISSING_CLAIM") from None
+            raise Unauthenticated(
+                f"the token lacks the {error.claim!r} claim", reason="TOKEN_MISSING_CLAIM"
+            ) from None
         except jwt.PyJWTError:
             raise Unauthenticated("the token could not be verified", reason="TOKEN_MALFORMED") from None
         self._check_times(claims)

@@ -25,7 +25,9 @@ class Authenticator:
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Authenticator:
-        jwks = JwksCache(url=settings.jwks_url, min_refresh_interval_s=settings.auth_jwks_refresh_s, clock=clock)
+        jwks = JwksCache(
+            url=settings.jwks_url, min_refresh_interval_s=settings.auth_jwks_refresh_s, clock=clock
+        )
         verifier = TokenVerifier(
             settings.auth_issuer, settings.auth_audience, jwks, leeway_s=settings.auth_leeway_s, clock=clock
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -38,7 +39,7 @@ def dev() -> None:
 
 
 @app.command("serve")
-def serve_command(name: str = typer.Argument(..., help="the service to serve, e.g. parking")) -> None:
+def serve_command(name: Annotated[str, typer.Argument(help="the service to serve, e.g. parking")]) -> None:
     """Serve one service in this process until SIGTERM or SIGINT."""
     settings = _settings()
     configure_logging(name, settings.log_level, settings.log_format)
@@ -57,6 +58,47 @@ async def _serve(name: str, service_app: object, settings: Settings) -> None:
         await serve_until_signalled(running)
     finally:
         await service_app.stop()  # type: ignore[attr-defined]
+
+
+@app.command()
+def token(
+    subject: Annotated[
+        str, typer.Option("--subject", "-s", help="the token's subject (user or client id)")
+    ] = "dev",
+    organization: Annotated[
+        str, typer.Option("--org", "-o", help="the caller's organization id")
+    ] = "city-office",
+    role: Annotated[list[str] | None, typer.Option("--role", "-r", help="a role; repeat for several")] = None,
+    scope: Annotated[
+        list[str] | None, typer.Option(help="a permission scope (as API-key tokens carry)")
+    ] = None,
+    ttl: Annotated[int, typer.Option(help="lifetime in seconds")] = 3600,
+    service: Annotated[
+        bool, typer.Option(help="shape it as a service account's client-credentials token")
+    ] = False,
+) -> None:
+    """Mint a token from the development issuer (embedded mode only; production tokens come from Keycloak)."""
+    from cityos_platform.issuer import DevIssuer
+
+    settings = _settings()
+    if settings.mode == "production":
+        err.print("[red]cityos token is for the embedded mode; in production ask Keycloak for a token[/red]")
+        raise typer.Exit(2)
+    key_dir = settings.var_dir / "issuer"
+    recorded = key_dir / "issuer-url"
+    url = recorded.read_text().strip() if recorded.exists() else settings.auth_issuer
+    issuer = DevIssuer(key_dir, url)
+    print(
+        issuer.mint(
+            subject,
+            organization,
+            role if role is not None else ["city-admin"],
+            ttl_s=ttl,
+            scopes=scope or (),
+            kind="service" if service else None,
+            client=subject if service else "cityos-cli",
+        )
+    )
 
 
 @app.command()

@@ -154,7 +154,9 @@ class DevIssuerServer:
     `http://<host>:<port><realm_path>` and returns it.
     """
 
-    def __init__(self, issuer: DevIssuer, host: str = "127.0.0.1", port: int = 0, realm_path: str = REALM_PATH):
+    def __init__(
+        self, issuer: DevIssuer, host: str = "127.0.0.1", port: int = 0, realm_path: str = REALM_PATH
+    ):
         self.issuer = issuer
         self.host = host
         self.port = port
@@ -171,7 +173,7 @@ class DevIssuerServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == outer.realm_path + CERTS_PATH:
                     outer.requests["certs"] += 1
@@ -213,4 +215,3 @@ class DevIssuerServer:
 
 def default_issuer(var_dir: Path, issuer_url: str = "") -> DevIssuer:
     return DevIssuer(var_dir / "issuer", issuer_url)
-

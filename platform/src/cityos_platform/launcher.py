@@ -24,9 +24,11 @@ from rich.console import Console
 from rich.table import Table
 
 from cityos_platform.config import Settings
+from cityos_platform.issuer import DevIssuer, DevIssuerServer
 from cityos_platform.registry import ServiceDefinition, discover
 
 READY_TIMEOUT_S = 120.0
+DEV_ISSUER_PORT = 8099  # matches the default CITYOS_AUTH_ISSUER
 
 
 @dataclass
@@ -131,6 +133,17 @@ class Launcher:
                 killed += 1
         return killed
 
+    def start_issuer(self) -> DevIssuerServer:
+        """The development issuer on its usual port (a free one when that is taken); children are told
+        where it is, and `cityos token` finds its URL in var/issuer/issuer-url."""
+        issuer = DevIssuer(self.settings.var_dir / "issuer")
+        port = DEV_ISSUER_PORT if port_is_free(DEV_ISSUER_PORT) else 0
+        server = DevIssuerServer(issuer, port=port)
+        url = server.start()
+        (self.settings.var_dir / "issuer" / "issuer-url").write_text(url)
+        os.environ["CITYOS_AUTH_ISSUER"] = url
+        return server
+
     def run(self) -> int:
         services = discover()
         if not services:
@@ -142,7 +155,9 @@ class Launcher:
         signal.signal(signal.SIGINT, self._request_stop)
         signal.signal(signal.SIGTERM, self._request_stop)
         status = 0
+        issuer = self.start_issuer()
         try:
+            self.console.print(f"development issuer: {issuer.issuer.issuer_url}")
             self.console.print(f"starting {len(services)} service(s): {', '.join(services)}")
             self.children = [self.spawn(definition) for definition in services.values()]
             for child in self.children:
@@ -155,9 +170,17 @@ class Launcher:
                     return 1
             if not self.stop_requested:
                 self.console.print(self.endpoints_table())
+                token = issuer.issuer.mint("dev", "city-office", ["city-admin"], ttl_s=12 * 3600)
+                self.console.print(
+                    "A development token (city-admin, 12 h; `cityos token --help` mints others):"
+                )
+                self.console.print(f"  export CITYOS_TOKEN={token}", markup=False, soft_wrap=True)
                 self.console.print("Every service answers gRPC health and reflection, e.g.:")
                 first = self.children[0]
-                self.console.print(f"  grpcurl -plaintext {first.address} list", markup=False)
+                self.console.print(
+                    f'  grpcurl -plaintext -H "authorization: Bearer $CITYOS_TOKEN" {first.address} list',
+                    markup=False,
+                )
                 self.console.print("Press Ctrl-C to stop.")
             while not self.stop_requested:
                 for child in self.children:
@@ -177,3 +200,4 @@ class Launcher:
                 self.console.print(
                     "stopped" + (f" ({killed} service(s) had to be killed)" if killed else " cleanly")
                 )
+            issuer.stop()

@@ -127,8 +127,8 @@ async def serve(
     *,
     label: str = "",
     telemetry: Telemetry | None = None,
-    authenticator: Authenticator | None | _FromSettings = FROM_SETTINGS,
-    access_log: AccessLog | None | _FromSettings = FROM_SETTINGS,
+    authenticator: Authenticator | _FromSettings | None = FROM_SETTINGS,
+    access_log: AccessLog | _FromSettings | None = FROM_SETTINGS,
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> RunningServer:
     """Build, bind and start a server for `mounts`; returns at once with the bound port.

@@ -21,7 +21,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from cityos_platform.accesslog import AccessLog
+from cityos_platform.auth import JwksCache, TokenVerifier
+from cityos_platform.authz import Authenticator
+from cityos_platform.clock import SYSTEM_CLOCK, Clock
 from cityos_platform.config import load_settings
+from cityos_platform.issuer import DevIssuer, DevIssuerServer
 from cityos_platform.server import Mount, RunningServer, serve
 from cityos_platform.telemetry import Telemetry
 from cityos_platform.testing import conformance
@@ -67,15 +72,47 @@ def telemetry_capture() -> Iterator[TelemetryCapture]:
 StartServer = Callable[..., Awaitable[RunningServer]]
 
 
+@pytest.fixture(scope="session")
+def dev_issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevIssuerServer]:
+    """The development issuer, serving its JWKS over HTTP on an ephemeral port, for the whole run."""
+    server = DevIssuerServer(DevIssuer(tmp_path_factory.mktemp("issuer")))
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-async def start_server(telemetry_capture: TelemetryCapture) -> AsyncIterator[StartServer]:
-    """`await start_server(mounts, **settings)`: a started server on 127.0.0.1 and an ephemeral port."""
+def mint(dev_issuer: DevIssuerServer) -> Callable[..., str]:
+    """`mint(subject, organization, roles, **claims)`: a token from the development issuer."""
+    return dev_issuer.issuer.mint
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying a bearer token."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+def authenticator_for(issuer: DevIssuerServer, clock: Clock = SYSTEM_CLOCK) -> Authenticator:
+    jwks = JwksCache(url=issuer.jwks_url, min_refresh_interval_s=30, clock=clock)
+    return Authenticator(TokenVerifier(issuer.issuer.issuer_url, "cityos", jwks, clock=clock))
+
+
+@pytest.fixture
+async def start_server(
+    telemetry_capture: TelemetryCapture, dev_issuer: DevIssuerServer, tmp_path: Any
+) -> AsyncIterator[StartServer]:
+    """`await start_server(mounts, **settings)`: a started server on 127.0.0.1 and an ephemeral port,
+    verifying tokens of the development issuer and writing its access log under tmp_path."""
     running: list[RunningServer] = []
 
     async def start(mounts: Sequence[Mount], **overrides: Any) -> RunningServer:
         telemetry = overrides.pop("telemetry", telemetry_capture.telemetry)
+        authenticator = overrides.pop("authenticator", authenticator_for(dev_issuer))
+        access_log = AccessLog(tmp_path / "audit" / f"access-{len(running)}.jsonl")
         settings = load_settings(**{"host": "127.0.0.1", "port": 0, "grace_s": 0.5, **overrides})
-        server = await serve(mounts, settings, telemetry=telemetry)
+        server = await serve(
+            mounts, settings, telemetry=telemetry, authenticator=authenticator, access_log=access_log
+        )
         running.append(server)
         return server
 
