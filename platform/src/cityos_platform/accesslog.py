@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 GENESIS = "0" * 64
@@ -91,7 +91,7 @@ class AccessLog:
             batch, self._queue = self._queue, []
             lines = []
             for record in batch:
-                body = asdict(record)
+                body = dict(vars(record))  # flat fields: no deep copy (asdict) on the hot path
                 digest = _digest(self._previous, body)
                 lines.append(
                     json.dumps({**body, "prev": self._previous, "hash": digest}, separators=(",", ":"))

@@ -173,6 +173,8 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.service_label = service_label
         self.authenticator = authenticator
         self.access_records = access_records
+        # The generated handlers are built once per server, so their wrappers are too.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -183,6 +185,14 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         policy = self.policies.get(details.method)
         if handler is None or policy is None:
             return handler
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, policy)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, policy: Policy) -> grpc.RpcMethodHandler:
         kind = (handler.request_streaming, handler.response_streaming)
         wrap: dict[tuple[bool, bool], tuple[Callable[..., Any], Callable[..., Any], str]] = {
             (False, False): (grpc.unary_unary_rpc_method_handler, self._unary, "unary_unary"),
@@ -216,7 +226,8 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         if timeout is None:
                             return await behavior(request, context)
                         try:
-                            return await asyncio.wait_for(behavior(request, context), timeout)
+                            async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
+                                return await behavior(request, context)
                         except TimeoutError:
                             raise DeadlineExceeded(
                                 f"the call did not finish within the default deadline of {timeout:g} s; "
@@ -361,24 +372,25 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         }
         self.telemetry.duration.record(elapsed_ms, attributes)
         principal = info.principal
-        fields: dict[str, Any] = {
-            "method": info.policy.full_method,
-            "caller": info.caller,
-            "organization": principal.organization,
-            "resource": info.resource,
-            "code": code.name,
-            "duration_ms": round(elapsed_ms, 3),
-        }
-        if info.error_id:
-            fields["error_id"] = info.error_id
-        span_context = span.get_span_context()
-        access_log.info(
-            "%s %s %.1fms",
-            info.policy.full_method,
-            code.name,
-            elapsed_ms,
-            extra={"fields": fields, "trace_id": trace_id, "span_id": format(span_context.span_id, "016x")},
-        )
+        if access_log.isEnabledFor(logging.INFO):
+            fields: dict[str, Any] = {
+                "method": info.policy.full_method,
+                "caller": info.caller,
+                "organization": principal.organization,
+                "resource": info.resource,
+                "code": code.name,
+                "duration_ms": round(elapsed_ms, 3),
+            }
+            if info.error_id:
+                fields["error_id"] = info.error_id
+            span_id = format(span.get_span_context().span_id, "016x")
+            access_log.info(
+                "%s %s %.1fms",
+                info.policy.full_method,
+                code.name,
+                elapsed_ms,
+                extra={"fields": fields, "trace_id": trace_id, "span_id": span_id},
+            )
         if self.access_records is not None:
             self.access_records.record(
                 AccessRecord(
