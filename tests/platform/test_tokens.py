@@ -242,3 +242,16 @@ async def test_cityos_token_mints_a_token_the_runtime_accepts(tmp_path):
         "transport",
         frozenset({"operator", "analyst"}),
     )
+
+
+@pytest.mark.req("CORE-1")
+async def test_a_verified_token_is_cached_but_still_expires(issuer, verifier, clock, monkeypatch):
+    token = issuer.issuer.mint("alice", "org", ["operator"], ttl_s=10)
+    decoded = []
+    real_decode = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
+    for _ in range(5):
+        assert (await verifier.verify(token)).subject == "alice"
+    assert len(decoded) == 1  # one signature check for five uses
+    clock.advance(10 + 30 + 1)  # past expiry and leeway, still inside the cache's minute
+    assert await _reason(verifier, token) == "TOKEN_EXPIRED"

@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 ALLOWED_ALGORITHMS = ("RS256", "ES256", "PS256")
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "exp", "iat")
+VERIFIED_CACHE_TTL_S = 60.0
+VERIFIED_CACHE_SIZE = 10_000
 _KEY_FAMILY = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
 
 Kind = Literal["user", "service", "device", "anonymous"]
@@ -179,9 +182,28 @@ class TokenVerifier:
         self.algorithms = algorithms
         self.leeway_s = leeway_s
         self.clock = clock
+        # Verified tokens, so a client reusing its token costs one signature check a minute, not one a
+        # call. Expiry is still checked on every use; only successes are kept.
+        self._verified: OrderedDict[str, tuple[Principal, float, float]] = OrderedDict()
 
     async def verify(self, token: str) -> Principal:
         """The principal of a valid token; Unauthenticated (with a reason) for any other."""
+        now = self.clock.timestamp()
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, expires, verified_at = cached
+            if now - verified_at < VERIFIED_CACHE_TTL_S:
+                if now > expires + self.leeway_s:
+                    raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
+                return principal
+            del self._verified[token]
+        principal, expires = await self._verify(token)
+        self._verified[token] = (principal, expires, now)
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
@@ -231,7 +253,7 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise Unauthenticated("the token could not be verified", reason="TOKEN_MALFORMED") from None
         self._check_times(claims)
-        return principal_from_claims(claims)
+        return principal_from_claims(claims), float(claims["exp"])
 
     def _check_times(self, claims: Mapping[str, Any]) -> None:
         now = self.clock.timestamp()
