@@ -8,7 +8,7 @@ permission), or the permission itself among the token's scopes (API-key tokens c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from cityos_platform.auth import JwksCache, Principal, TokenVerifier, bearer_token
 from cityos_platform.clock import SYSTEM_CLOCK, Clock
@@ -19,24 +19,40 @@ from cityos_platform.policy import Policy
 SUPERUSER_ROLE = "city-admin"
 
 
+# Verifies a service-specific opaque token (e.g. a device's access token) into a principal.
+PrefixVerifier = Callable[[str], Awaitable[Principal]]
+
+
 class Authenticator:
-    def __init__(self, verifier: TokenVerifier) -> None:
+    """JWTs from the issuer, and opaque tokens some services issue themselves (device tokens), told
+    apart by their prefix (`prefixed`, e.g. {"cdt_": the devices service's verifier})."""
+
+    def __init__(self, verifier: TokenVerifier, prefixed: Mapping[str, PrefixVerifier] | None = None) -> None:
         self.verifier = verifier
+        self.prefixed = dict(prefixed or {})
 
     @classmethod
-    def from_settings(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Authenticator:
+    def from_settings(
+        cls,
+        settings: Settings,
+        clock: Clock = SYSTEM_CLOCK,
+        prefixed: Mapping[str, PrefixVerifier] | None = None,
+    ) -> Authenticator:
         jwks = JwksCache(
             url=settings.jwks_url, min_refresh_interval_s=settings.auth_jwks_refresh_s, clock=clock
         )
         verifier = TokenVerifier(
             settings.auth_issuer, settings.auth_audience, jwks, leeway_s=settings.auth_leeway_s, clock=clock
         )
-        return cls(verifier)
+        return cls(verifier, prefixed)
 
     async def principal(self, metadata: Mapping[str, str | bytes]) -> Principal:
         token = bearer_token(metadata)
         if token is None:
             return Principal.anonymous()
+        for prefix, verify in self.prefixed.items():
+            if token.startswith(prefix):
+                return await verify(token)
         return await self.verifier.verify(token)
 
 

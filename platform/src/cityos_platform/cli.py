@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cityos_platform import __version__
+from cityos_platform.authz import Authenticator
 from cityos_platform.config import ConfigError, Settings, load_settings
 from cityos_platform.logs import configure_logging
 from cityos_platform.registry import UnknownService, discover, lookup
@@ -54,7 +55,9 @@ def serve_command(name: Annotated[str, typer.Argument(help="the service to serve
 async def _serve(name: str, service_app: object, settings: Settings) -> None:
     mounts = await service_app.start()  # type: ignore[attr-defined]
     try:
-        running = await serve(mounts, settings, label=name)
+        prefixed = getattr(service_app, "token_verifiers", None)
+        authenticator = Authenticator.from_settings(settings, prefixed=prefixed)
+        running = await serve(mounts, settings, label=name, authenticator=authenticator)
         await serve_until_signalled(running)
     finally:
         await service_app.stop()  # type: ignore[attr-defined]

@@ -101,6 +101,7 @@ class Tx:
         self.source = source
         self.now: datetime = clock.now()
         self._events: list[PendingEvent] = []
+        self._log_locked = False
 
     def emit(
         self,
@@ -121,13 +122,21 @@ class Tx:
     def events(self) -> list[PendingEvent]:
         return list(self._events)
 
-    async def _flush_outbox(self) -> None:
-        if not self._events:
+    async def lock_ordered_log(self) -> None:
+        """Take the commit-order lock before inserting into an ordered log table (the outbox, or a
+        service's own log such as the telemetry spool): on PostgreSQL the transaction-scoped advisory
+        lock, held to commit, so sequence numbers are handed out in commit order. Re-entrant."""
+        if self._log_locked:
             return
         connection = await self.session.connection()
         if connection.dialect.name == "postgresql":
-            # Held to commit: sequence numbers are then handed out in commit order.
             await self.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": OUTBOX_LOCK_KEY})
+        self._log_locked = True
+
+    async def _flush_outbox(self) -> None:
+        if not self._events:
+            return
+        await self.lock_ordered_log()
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         rows = []
@@ -202,7 +211,7 @@ class Database:
             except BaseException:
                 await session.rollback()
                 raise
-        if tx._events:
+        if tx._events or tx._log_locked:
             self.notifier.notify()
 
     @asynccontextmanager

@@ -14,10 +14,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, timestamp_pb2
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 
 from cityos.common.v1 import events_pb2, events_pb2_grpc
 from cityos_platform.db import Database, Tx
@@ -29,24 +30,31 @@ from cityos_platform.tenancy import is_city_wide
 
 log = logging.getLogger(__name__)
 
-CURSOR_PREFIX = b"cityos-events:v1:"
+CURSOR_VERSION = "v1"
 DEFAULT_BATCH = 500
 MAX_BATCH = 1000
 MAX_FILTER_ITEMS = 4096
 
 
-def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(CURSOR_PREFIX + str(seq).encode()).decode().rstrip("=")
+def _prefix(stream: str) -> bytes:
+    return f"cityos-{stream}:{CURSOR_VERSION}:".encode()
 
 
-def decode_cursor(cursor: str, field: str = "after_cursor") -> int:
+def encode_cursor(seq: int, stream: str = "events") -> str:
+    """An opaque cursor for position `seq` of a stream (`events`, `telemetry`, …)."""
+    return base64.urlsafe_b64encode(_prefix(stream) + str(seq).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, field: str = "after_cursor", stream: str = "events") -> int:
+    """The position a cursor of `stream` names; INVALID_ARGUMENT on `field` for anything else."""
     if not cursor:
         return 0
+    prefix = _prefix(stream)
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        if not raw.startswith(CURSOR_PREFIX):
+        if not raw.startswith(prefix):
             raise ValueError("foreign cursor")
-        seq = int(raw[len(CURSOR_PREFIX) :])
+        seq = int(raw[len(prefix) :])
         if seq < 0:
             raise ValueError("negative position")
     except (ValueError, binascii.Error):
@@ -81,28 +89,75 @@ class EventQuery:
     limit: int
 
 
-async def read_batch(db: Database, query: EventQuery) -> tuple[list[Outbox], int]:
-    """The next matching rows and the position after them.
+T = TypeVar("T")
 
-    The end of the stream is read first; rows up to it are all committed (sequence numbers are handed
-    out in commit order), so when fewer than `limit` rows match, the position moves to that end and
-    rows the filter left out are never scanned again.
+
+async def read_ordered(
+    db: Database, model: type[T], after: int, conditions: Sequence[ColumnElement[bool]], limit: int
+) -> tuple[list[T], int]:
+    """The next rows of an ordered log table (a `seq` column in commit order) after position `after`
+    that meet `conditions`, and the position after them.
+
+    The end of the log is read first; rows up to it are all committed (sequence numbers are handed out
+    in commit order, see `Tx.lock_ordered_log`), so when fewer than `limit` rows match, the position
+    moves to that end and rows the conditions left out are never scanned again.
     """
+    seq: Any = model.seq  # type: ignore[attr-defined]
     async with db.read() as session:
-        end = int(await session.scalar(select(func.coalesce(func.max(Outbox.seq), 0))) or 0)
-        if end <= query.after:
-            return [], query.after
-        statement = select(Outbox).where(Outbox.seq > query.after, Outbox.seq <= end)
-        if query.organization is not None:
-            statement = statement.where(Outbox.owner_organization == query.organization)
-        if query.type_prefixes:
-            statement = statement.where(or_(*(Outbox.type.startswith(p) for p in query.type_prefixes)))
-        if query.area_cells:
-            statement = statement.where(Outbox.area_cell.in_(query.area_cells))
-        rows = list((await session.scalars(statement.order_by(Outbox.seq).limit(query.limit))).all())
-    if len(rows) == query.limit:
-        return rows, rows[-1].seq
+        end = int(await session.scalar(select(func.coalesce(func.max(seq), 0))) or 0)
+        if end <= after:
+            return [], after
+        statement = select(model).where(seq > after, seq <= end, *conditions).order_by(seq).limit(limit)
+        rows = list((await session.scalars(statement)).all())
+    if len(rows) == limit:
+        return rows, int(rows[-1].seq)  # type: ignore[attr-defined]
     return rows, end
+
+
+async def follow_ordered(
+    db: Database,
+    model: type[T],
+    after: int,
+    conditions: Sequence[ColumnElement[bool]],
+    limit: int,
+    *,
+    follow: bool,
+    poll_interval_s: float,
+) -> AsyncIterator[tuple[list[T], int]]:
+    """Batches of an ordered log after `after`: what is committed, then (with `follow`) what commits.
+
+    Woken at once by commits in this process, and polling every `poll_interval_s` for other
+    replicas'. A batch may be empty when the position moved past rows the conditions left out.
+    """
+    async with db.notifier.subscription() as committed:
+        while True:
+            committed.clear()
+            rows, position = await read_ordered(db, model, after, conditions, limit)
+            if position != after:
+                yield rows, position
+                after = position
+                if len(rows) == limit:
+                    continue  # more is waiting
+            if not follow:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(committed.wait(), poll_interval_s)
+
+
+def event_conditions(query: EventQuery) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if query.organization is not None:
+        conditions.append(Outbox.owner_organization == query.organization)
+    if query.type_prefixes:
+        conditions.append(or_(*(Outbox.type.startswith(p) for p in query.type_prefixes)))
+    if query.area_cells:
+        conditions.append(Outbox.area_cell.in_(query.area_cells))
+    return conditions
+
+
+async def read_batch(db: Database, query: EventQuery) -> tuple[list[Outbox], int]:
+    """The next events matching `query` and the position after them."""
+    return await read_ordered(db, Outbox, query.after, event_conditions(query), query.limit)
 
 
 class EventStreamServicer(events_pb2_grpc.EventServiceServicer):
@@ -132,24 +187,18 @@ class EventStreamServicer(events_pb2_grpc.EventServiceServicer):
             organization=None if is_city_wide(principal) else principal.organization,
             limit=request.max_batch or DEFAULT_BATCH,
         )
-        async with self.db.notifier.subscription() as committed:
-            while True:
-                committed.clear()
-                rows, position = await read_batch(self.db, query)
-                if position != query.after:
-                    yield events_pb2.StreamEventsResponse(
-                        events=[to_event(row) for row in rows], cursor=encode_cursor(position)
-                    )
-                    query = EventQuery(
-                        position, query.type_prefixes, query.area_cells, query.organization, query.limit
-                    )
-                    if len(rows) == query.limit:
-                        continue  # more is waiting
-                if not request.follow:
-                    return
-                # Woken by a commit in this process, or after the interval for other replicas' commits.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(committed.wait(), self.poll_interval_s)
+        async for rows, position in follow_ordered(
+            self.db,
+            Outbox,
+            query.after,
+            event_conditions(query),
+            query.limit,
+            follow=request.follow,
+            poll_interval_s=self.poll_interval_s,
+        ):
+            yield events_pb2.StreamEventsResponse(
+                events=[to_event(row) for row in rows], cursor=encode_cursor(position)
+            )
 
 
 def event_stream_mount(db: Database, *, poll_interval_s: float = 1.0) -> Mount:

@@ -25,7 +25,11 @@ ENTRY_POINT_GROUP = "cityos.services"
 
 
 class ServiceApp(Protocol):
-    """A running service's lifecycle around its gRPC server."""
+    """A running service's lifecycle around its gRPC server.
+
+    An app may also have `token_verifiers`: {prefix: async verify(token) -> Principal} for opaque
+    tokens it issues itself (the devices service's device tokens); `cityos serve` adds them to the
+    caller verification chain."""
 
     async def start(self) -> Sequence[Mount]: ...
 

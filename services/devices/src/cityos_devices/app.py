@@ -1,0 +1,64 @@
+"""The devices service process: database, servicers, and the device-token verifier."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
+from cityos_devices.credentials import TOKEN_PREFIX, DeviceTokenVerifier
+from cityos_devices.models import Base
+from cityos_devices.registry import DeviceServicer
+from cityos_devices.telemetry import Ingestor, TelemetryServicer
+from cityos_platform.areas import AreaRegistry
+from cityos_platform.authz import PrefixVerifier
+from cityos_platform.config import Settings
+from cityos_platform.db import Database
+from cityos_platform.events import event_stream_mount
+from cityos_platform.migrate import PLATFORM_CHAIN, service_chain, upgrade
+from cityos_platform.paging import PageTokens, load_or_create_secret
+from cityos_platform.server import Mount
+
+NAME = "devices"
+CHAIN = service_chain("cityos_devices", Base.metadata)
+
+
+class DevicesApp:
+    def __init__(self, settings: Settings, *, database_url: str | None = None) -> None:
+        self.settings = settings
+        self.database_url = database_url or settings.database_url_for(NAME)
+        self.db: Database | None = None
+        self.token_verifiers: dict[str, PrefixVerifier] = {}
+
+    async def start(self) -> Sequence[Mount]:
+        await upgrade(self.database_url, [PLATFORM_CHAIN, CHAIN])
+        db = self.db = Database(self.database_url, source=NAME)
+        secret = self.settings.page_token_secret.get_secret_value().encode() or load_or_create_secret(
+            Path(self.settings.var_dir) / "secrets" / "page-token.key"
+        )
+        tokens = DeviceTokenVerifier(db)
+        self.token_verifiers = {TOKEN_PREFIX: tokens}
+        ingestor = Ingestor(db)
+        registry = DeviceServicer(db, PageTokens(secret), AreaRegistry.default(), tokens, ingestor)
+        poll = self.settings.events_poll_interval_s
+        return [
+            Mount(
+                descriptor=devices_pb2.DESCRIPTOR.services_by_name["DeviceService"],
+                servicer=registry,
+                add_to_server=devices_pb2_grpc.add_DeviceServiceServicer_to_server,
+            ),
+            Mount(
+                descriptor=devices_pb2.DESCRIPTOR.services_by_name["TelemetryService"],
+                servicer=TelemetryServicer(db, ingestor, poll_interval_s=poll),
+                add_to_server=devices_pb2_grpc.add_TelemetryServiceServicer_to_server,
+            ),
+            event_stream_mount(db, poll_interval_s=poll),
+        ]
+
+    async def stop(self) -> None:
+        if self.db is not None:
+            await self.db.close()
+
+
+def create(settings: Settings) -> DevicesApp:
+    return DevicesApp(settings)

@@ -1,0 +1,92 @@
+"""The devices service's tables (its own database; the platform's tables sit beside them)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, MetaData, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from cityos_platform.models import NAMING_CONVENTION, BigId, LocatedMixin, OwnedMixin, UtcDateTime
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class DeviceModelRow(Base):
+    __tablename__ = "device_models"
+
+    model_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    type: Mapped[str] = mapped_column(String(63), index=True)
+    vendor: Mapped[str] = mapped_column(String(200))
+    display_name: Mapped[str] = mapped_column(String(200))
+    supported_commands: Mapped[list[str]] = mapped_column(JSON)
+    # [{"name", "unit", "min", "max"}]; min/max may be null.
+    metrics: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    reporting_interval_s: Mapped[float] = mapped_column(Float)
+    owner_organization: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class DeviceRow(OwnedMixin, LocatedMixin, Base):
+    __tablename__ = "devices"
+
+    device_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("device_models.model_id"), index=True)
+    type: Mapped[str] = mapped_column(String(63), index=True)
+    serial_number: Mapped[str] = mapped_column(String(128))
+    firmware_version: Mapped[str] = mapped_column(String(64), index=True)
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    status: Mapped[int] = mapped_column(Integer, index=True)
+    # The subscription, as the proto's JSON form; radio and slice are columns for queries.
+    subscription: Mapped[dict[str, Any]] = mapped_column(JSON)
+    radio_type: Mapped[int] = mapped_column(Integer, index=True)
+    slice_sst: Mapped[int] = mapped_column(Integer)
+    slice_sd: Mapped[str] = mapped_column(String(6))
+    psm_periodic_update_s: Mapped[float] = mapped_column(Float)
+    # The last radio report.
+    last_radio: Mapped[dict[str, Any]] = mapped_column(JSON)
+    last_rsrp_dbm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_seen_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True, index=True)
+    # The latest reported value of each metric (the reported side of the twin).
+    reported: Mapped[dict[str, Any]] = mapped_column(JSON)
+    etag: Mapped[str] = mapped_column(String(32))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    __table_args__ = (Index("ix_devices_radio_slice", "radio_type", "slice_sst", "slice_sd"),)
+
+
+class CredentialRow(Base):
+    """A device access token: only the SHA-256 of its secret is kept."""
+
+    __tablename__ = "device_credentials"
+
+    credential_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), index=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoke_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class TelemetryRow(Base):
+    """The durable telemetry spool: accepted readings in the order they became durable (`seq`).
+
+    Bounded: rows older than the retention window are pruned once the lake has them (see ADR-0004).
+    """
+
+    __tablename__ = "telemetry"
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(63))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    time: Mapped[datetime] = mapped_column(UtcDateTime())
+    values: Mapped[dict[str, float]] = mapped_column(JSON)
+    type: Mapped[str] = mapped_column(String(63))
+    owner_organization: Mapped[str] = mapped_column(String(64))
+    area_cell: Mapped[str] = mapped_column(String(16))
+    received_time: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+
+    __table_args__ = (UniqueConstraint("device_id", "sequence", name="uq_telemetry_device_sequence"),)

@@ -1,0 +1,228 @@
+"""The telemetry path: validate, de-duplicate, make durable, update the twin, feed subscribers.
+
+`Ingestor.ingest()` is the one path every way in uses (Report now; Ingest, Connect and the MQTT
+adapter feed the same function). Accepted readings are appended to the telemetry spool (an ordered log
+in the service's database, ADR-0004) in the same transaction as the device's last-seen state; the
+caller gets its answer only after that transaction commits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, timestamp_pb2
+from sqlalchemy import ColumnElement
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
+from cityos_devices import domain
+from cityos_devices.models import DeviceModelRow, DeviceRow, TelemetryRow
+from cityos_platform.db import Database, Tx
+from cityos_platform.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from cityos_platform.events import decode_cursor, encode_cursor, follow_ordered
+from cityos_platform.interceptor import current_call
+from cityos_platform.tenancy import is_city_wide, not_found
+
+MAX_READINGS = 1000
+PROFILE_TTL_S = 30.0
+STREAM = "telemetry"
+DEFAULT_BATCH = 500
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What validating a device's readings needs, cached briefly per device."""
+
+    device_id: str
+    type: str
+    owner_organization: str
+    area_cell: str
+    decommissioned: bool
+    specs: dict[str, dict[str, Any]]
+
+
+class Ingestor:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._profiles: dict[str, tuple[Profile, float]] = {}
+
+    def forget(self, device_id: str) -> None:
+        self._profiles.pop(device_id, None)
+
+    async def profile(self, device_id: str) -> Profile:
+        cached = self._profiles.get(device_id)
+        if cached is not None and time.monotonic() - cached[1] < PROFILE_TTL_S:
+            return cached[0]
+        async with self.db.read() as session:
+            device = await session.get(DeviceRow, device_id)
+            model = await session.get(DeviceModelRow, device.model_id) if device else None
+        if device is None or model is None:
+            raise not_found("device", f"devices/{device_id}")
+        profile = Profile(
+            device_id=device_id,
+            type=device.type,
+            owner_organization=device.owner_organization,
+            area_cell=device.area_cell,
+            decommissioned=device.status == devices_pb2.DEVICE_STATUS_DECOMMISSIONED,
+            specs={spec["name"]: spec for spec in model.metrics},
+        )
+        self._profiles[device_id] = (profile, time.monotonic())
+        return profile
+
+    async def ingest(
+        self,
+        device_id: str,
+        readings: Sequence[devices_pb2.Reading],
+        radio: devices_pb2.RadioReport | None = None,
+    ) -> devices_pb2.ReportResponse:
+        if not 1 <= len(readings) <= MAX_READINGS:
+            raise InvalidArgument.field("readings", f"send 1 to {MAX_READINGS} readings")
+        profile = await self.profile(device_id)
+        if profile.decommissioned:
+            raise FailedPrecondition("the device is decommissioned", reason="DEVICE_DECOMMISSIONED")
+        now = self.db.clock.now()
+        response = devices_pb2.ReportResponse()
+        rows: list[dict[str, Any]] = []
+        in_batch: set[int] = set()
+        latest: dict[str, tuple[datetime, float]] = {}
+        for index, reading in enumerate(readings):
+            problem = domain.reading_problem(reading, index, profile.specs, now)
+            if problem is not None:
+                response.rejected.add(
+                    index=index, sequence=reading.sequence, field=problem[0], reason=problem[1]
+                )
+                continue
+            if reading.sequence in in_batch:
+                response.duplicates += 1
+                continue
+            in_batch.add(reading.sequence)
+            when = reading.time.ToDatetime(tzinfo=UTC)
+            values = dict(reading.values)
+            rows.append(
+                {
+                    "device_id": device_id,
+                    "sequence": reading.sequence,
+                    "time": when,
+                    "values": values,
+                    "type": profile.type,
+                    "owner_organization": profile.owner_organization,
+                    "area_cell": profile.area_cell,
+                    "received_time": now,
+                }
+            )
+            for metric, value in values.items():
+                if metric not in latest or latest[metric][0] <= when:
+                    latest[metric] = (when, value)
+        async with self.db.transaction() as tx:
+            stored = await self._append(tx, rows) if rows else 0
+            await self._update_twin(tx, device_id, latest, radio)
+        response.accepted = stored
+        response.duplicates += len(rows) - stored
+        return response
+
+    async def _append(self, tx: Tx, rows: list[dict[str, Any]]) -> int:
+        """Insert, dropping (device, sequence) pairs already stored; how many were new."""
+        await tx.lock_ordered_log()
+        dialect = postgresql if tx.session.bind.dialect.name == "postgresql" else sqlite  # type: ignore[union-attr]
+        statement = (
+            dialect.insert(TelemetryRow.__table__)
+            .on_conflict_do_nothing(index_elements=["device_id", "sequence"])
+            .returning(TelemetryRow.__table__.c.seq)
+        )
+        result = await tx.session.execute(statement, rows)
+        return len(result.all())
+
+    async def _update_twin(
+        self,
+        tx: Tx,
+        device_id: str,
+        latest: dict[str, tuple[datetime, float]],
+        radio: devices_pb2.RadioReport | None,
+    ) -> None:
+        row = await tx.session.get(DeviceRow, device_id, with_for_update=True)
+        if row is None:
+            return
+        row.last_seen_time = tx.now
+        if row.status == devices_pb2.DEVICE_STATUS_PROVISIONED:
+            row.status = int(devices_pb2.DEVICE_STATUS_ACTIVE)
+        if latest:
+            reported = dict(row.reported)
+            for metric, (when, value) in latest.items():
+                known = reported.get(metric)
+                if known is None or known["time"] <= when.isoformat():
+                    reported[metric] = {"value": value, "time": when.isoformat()}
+            row.reported = reported
+        if radio is not None and radio.ByteSize():
+            row.last_radio = json_format.MessageToDict(radio, preserving_proto_field_name=True)
+            row.last_rsrp_dbm = radio.rsrp_dbm
+
+
+def _record(row: TelemetryRow) -> devices_pb2.TelemetryRecord:
+    measured = timestamp_pb2.Timestamp()
+    measured.FromDatetime(row.time)
+    received = timestamp_pb2.Timestamp()
+    received.FromDatetime(row.received_time)
+    return devices_pb2.TelemetryRecord(
+        device=f"devices/{row.device_id}",
+        type=row.type,
+        owner_organization=row.owner_organization,
+        area_cell=row.area_cell,
+        reading=devices_pb2.Reading(sequence=row.sequence, time=measured, values=row.values),
+        received_time=received,
+        cursor=encode_cursor(row.seq, STREAM),
+    )
+
+
+class TelemetryServicer(devices_pb2_grpc.TelemetryServiceServicer):
+    def __init__(self, db: Database, ingestor: Ingestor, *, poll_interval_s: float = 1.0) -> None:
+        self.db = db
+        self.ingestor = ingestor
+        self.poll_interval_s = poll_interval_s
+
+    async def Report(
+        self, request: devices_pb2.ReportRequest, context: grpc.aio.ServicerContext
+    ) -> devices_pb2.ReportResponse:
+        device_id = domain.name_id(request.device, "devices", "device")
+        caller = current_call().principal
+        if caller.kind != "device" or caller.subject != request.device:
+            raise PermissionDenied(
+                "a device reports only for itself: this credential belongs to "
+                + (caller.subject if caller.kind == "device" else "no device"),
+                reason="DEVICE_MISMATCH",
+                metadata={"device": request.device},
+            )
+        radio = request.radio if request.HasField("radio") else None
+        return await self.ingestor.ingest(device_id, request.readings, radio)
+
+    async def SubscribeTelemetry(
+        self, request: devices_pb2.SubscribeTelemetryRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[devices_pb2.SubscribeTelemetryResponse]:
+        caller = current_call().principal
+        if request.max_batch > MAX_BATCH:
+            raise InvalidArgument.field("max_batch", f"at most {MAX_BATCH}")
+        after = decode_cursor(request.after_cursor, stream=STREAM)
+        conditions: list[ColumnElement[bool]] = []
+        if not is_city_wide(caller):
+            conditions.append(TelemetryRow.owner_organization == caller.organization)
+        if request.types:
+            conditions.append(TelemetryRow.type.in_(list(request.types)))
+        if request.area_cells:
+            conditions.append(TelemetryRow.area_cell.in_(list(request.area_cells)))
+        async for rows, position in follow_ordered(
+            self.db,
+            TelemetryRow,
+            after,
+            conditions,
+            request.max_batch or DEFAULT_BATCH,
+            follow=request.follow,
+            poll_interval_s=self.poll_interval_s,
+        ):
+            yield devices_pb2.SubscribeTelemetryResponse(
+                records=[_record(row) for row in rows], cursor=encode_cursor(position, STREAM)
+            )
