@@ -180,6 +180,7 @@ class Launcher:
                 self.console.print(
                     f'  grpcurl -plaintext -H "authorization: Bearer $CITYOS_TOKEN" {first.address} list',
                     markup=False,
+                    soft_wrap=True,
                 )
                 self.console.print("Press Ctrl-C to stop.")
             while not self.stop_requested:
