@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import grpc
 import pytest
 from cityos_devices.app import DevicesApp
@@ -9,6 +11,7 @@ from google.protobuf import duration_pb2
 
 from cityos.common.v1 import resources_pb2
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
+from cityos_platform.clock import ManualClock
 from cityos_platform.config import load_settings
 from cityos_platform.testing.fixtures import authenticator_for, bearer
 
@@ -99,8 +102,16 @@ class Fleet:
 
 
 @pytest.fixture
-async def fleet(start_server, database_url, dev_issuer, mint, tmp_path):
-    app = DevicesApp(load_settings(var_dir=tmp_path, events_poll_interval_s=0.1), database_url=database_url)
+def clock():
+    """The devices service's clock: starts at the real time and moves only when a test moves it."""
+    return ManualClock(datetime.now(UTC))
+
+
+@pytest.fixture
+async def fleet(start_server, database_url, dev_issuer, mint, tmp_path, clock):
+    app = DevicesApp(
+        load_settings(var_dir=tmp_path, events_poll_interval_s=0.1), database_url=database_url, clock=clock
+    )
     mounts = await app.start()
     authenticator = authenticator_for(dev_issuer)
     authenticator.prefixed = app.token_verifiers

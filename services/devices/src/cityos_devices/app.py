@@ -6,12 +6,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
+from cityos_devices.commands import CommandServicer
 from cityos_devices.credentials import TOKEN_PREFIX, DeviceTokenVerifier
 from cityos_devices.models import Base
 from cityos_devices.registry import DeviceServicer
 from cityos_devices.telemetry import Ingestor, TelemetryServicer
 from cityos_platform.areas import AreaRegistry
 from cityos_platform.authz import PrefixVerifier
+from cityos_platform.clock import SYSTEM_CLOCK, Clock
 from cityos_platform.config import Settings
 from cityos_platform.db import Database
 from cityos_platform.events import event_stream_mount
@@ -24,15 +26,18 @@ CHAIN = service_chain("cityos_devices", Base.metadata)
 
 
 class DevicesApp:
-    def __init__(self, settings: Settings, *, database_url: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, database_url: str | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.settings = settings
+        self.clock = clock
         self.database_url = database_url or settings.database_url_for(NAME)
         self.db: Database | None = None
         self.token_verifiers: dict[str, PrefixVerifier] = {}
 
     async def start(self) -> Sequence[Mount]:
         await upgrade(self.database_url, [PLATFORM_CHAIN, CHAIN])
-        db = self.db = Database(self.database_url, source=NAME)
+        db = self.db = Database(self.database_url, source=NAME, clock=self.clock)
         secret = self.settings.page_token_secret.get_secret_value().encode() or load_or_create_secret(
             Path(self.settings.var_dir) / "secrets" / "page-token.key"
         )
@@ -51,6 +56,11 @@ class DevicesApp:
                 descriptor=devices_pb2.DESCRIPTOR.services_by_name["TelemetryService"],
                 servicer=TelemetryServicer(db, ingestor, poll_interval_s=poll),
                 add_to_server=devices_pb2_grpc.add_TelemetryServiceServicer_to_server,
+            ),
+            Mount(
+                descriptor=devices_pb2.DESCRIPTOR.services_by_name["CommandService"],
+                servicer=CommandServicer(db, PageTokens(secret)),
+                add_to_server=devices_pb2_grpc.add_CommandServiceServicer_to_server,
             ),
             event_stream_mount(db, poll_interval_s=poll),
         ]

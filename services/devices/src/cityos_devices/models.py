@@ -90,3 +90,24 @@ class TelemetryRow(Base):
     received_time: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
 
     __table_args__ = (UniqueConstraint("device_id", "sequence", name="uq_telemetry_device_sequence"),)
+
+
+class CommandRow(Base):
+    """A command to a device, from queued to acked, failed or expired."""
+
+    __tablename__ = "device_commands"
+
+    command_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"))
+    command: Mapped[str] = mapped_column(String(63))
+    parameters: Mapped[dict[str, str]] = mapped_column(JSON)
+    status: Mapped[int] = mapped_column(Integer)
+    owner_organization: Mapped[str] = mapped_column(String(64))
+    requested_by: Mapped[str] = mapped_column(String(255))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    expire_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    send_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    ack_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    result: Mapped[str] = mapped_column(String(1024))
+
+    __table_args__ = (Index("ix_device_commands_device_status", "device_id", "status", "create_time"),)

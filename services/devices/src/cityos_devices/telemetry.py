@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
 from cityos_devices import domain
+from cityos_devices.commands import deliver
 from cityos_devices.models import DeviceModelRow, DeviceRow, TelemetryRow
 from cityos_platform.db import Database, Tx
 from cityos_platform.errors import FailedPrecondition, InvalidArgument, PermissionDenied
@@ -122,6 +123,8 @@ class Ingestor:
         async with self.db.transaction() as tx:
             stored = await self._append(tx, rows) if rows else 0
             await self._update_twin(tx, device_id, latest, radio)
+            # The device is awake right now: hand over what waited for it.
+            response.commands.extend(await deliver(tx, device_id))
         response.accepted = stored
         response.duplicates += len(rows) - stored
         return response

@@ -117,6 +117,42 @@ CONNECTIVITY_OFFLINE: Connectivity.ValueType  # 4
 """It missed its expected reports."""
 Global___Connectivity: _TypeAlias = Connectivity  # noqa: Y015
 
+class _CommandStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CommandStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CommandStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COMMAND_STATUS_UNSPECIFIED: _CommandStatus.ValueType  # 0
+    """Not set."""
+    COMMAND_STATUS_QUEUED: _CommandStatus.ValueType  # 1
+    """Waiting for the device to be reachable."""
+    COMMAND_STATUS_SENT: _CommandStatus.ValueType  # 2
+    """Delivered to the device; waiting for its answer."""
+    COMMAND_STATUS_ACKED: _CommandStatus.ValueType  # 3
+    """The device carried it out."""
+    COMMAND_STATUS_FAILED: _CommandStatus.ValueType  # 4
+    """The device reported it could not."""
+    COMMAND_STATUS_EXPIRED: _CommandStatus.ValueType  # 5
+    """Its time to live passed before it could be delivered; it never will be."""
+
+class CommandStatus(_CommandStatus, metaclass=_CommandStatusEnumTypeWrapper):
+    """Where a command stands."""
+
+COMMAND_STATUS_UNSPECIFIED: CommandStatus.ValueType  # 0
+"""Not set."""
+COMMAND_STATUS_QUEUED: CommandStatus.ValueType  # 1
+"""Waiting for the device to be reachable."""
+COMMAND_STATUS_SENT: CommandStatus.ValueType  # 2
+"""Delivered to the device; waiting for its answer."""
+COMMAND_STATUS_ACKED: CommandStatus.ValueType  # 3
+"""The device carried it out."""
+COMMAND_STATUS_FAILED: CommandStatus.ValueType  # 4
+"""The device reported it could not."""
+COMMAND_STATUS_EXPIRED: CommandStatus.ValueType  # 5
+"""Its time to live passed before it could be delivered; it never will be."""
+Global___CommandStatus: _TypeAlias = CommandStatus  # noqa: Y015
+
 @_typing.final
 class MetricSpec(_message.Message):
     """One metric of a device model's telemetry schema."""
@@ -1075,6 +1111,7 @@ class ReportResponse(_message.Message):
     ACCEPTED_FIELD_NUMBER: _builtins.int
     DUPLICATES_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
+    COMMANDS_FIELD_NUMBER: _builtins.int
     accepted: _builtins.int
     """Readings stored by this call."""
     duplicates: _builtins.int
@@ -1083,20 +1120,291 @@ class ReportResponse(_message.Message):
     def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedReading]:
         """Readings refused, each with its reason."""
 
+    @_builtins.property
+    def commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___Command]:
+        """Commands queued for the device, delivered with this response (now SENT); the device answers
+        each with AckCommand.
+        """
+
     def __init__(
         self,
         *,
         accepted: _builtins.int = ...,
         duplicates: _builtins.int = ...,
         rejected: _abc.Iterable[Global___RejectedReading] | None = ...,
+        commands: _abc.Iterable[Global___Command] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "duplicates", b"duplicates", "rejected", b"rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "commands", b"commands", "duplicates", b"duplicates", "rejected", b"rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportResponse: _TypeAlias = ReportResponse  # noqa: Y015
+
+@_typing.final
+class Command(_message.Message):
+    """A command to one device."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    SEND_TIME_FIELD_NUMBER: _builtins.int
+    ACK_TIME_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`devices/{device}/commands/{command}`."""
+    command: _builtins.str
+    """The command, one of the device model's supported commands."""
+    status: Global___CommandStatus.ValueType
+    """Output only."""
+    result: _builtins.str
+    """Output only: what the device said."""
+    requested_by: _builtins.str
+    """Output only: who asked for it."""
+    @_builtins.property
+    def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Its parameters, name to value."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only: when it was queued."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only: after this it is not delivered."""
+
+    @_builtins.property
+    def send_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only: when it was delivered."""
+
+    @_builtins.property
+    def ack_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only: when the device answered."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        command: _builtins.str = ...,
+        parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        status: Global___CommandStatus.ValueType = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        send_time: _timestamp_pb2.Timestamp | None = ...,
+        ack_time: _timestamp_pb2.Timestamp | None = ...,
+        result: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack_time", b"ack_time", "create_time", b"create_time", "expire_time", b"expire_time", "send_time", b"send_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_time", b"ack_time", "command", b"command", "create_time", b"create_time", "expire_time", b"expire_time", "name", b"name", "parameters", b"parameters", "requested_by", b"requested_by", "result", b"result", "send_time", b"send_time", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Command: _TypeAlias = Command  # noqa: Y015
+
+@_typing.final
+class SendCommandRequest(_message.Message):
+    """The request of SendCommand."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """`devices/{device}`."""
+    command: _builtins.str
+    """The command, one of the device model's supported commands."""
+    request_id: _builtins.str
+    """Makes the send idempotent for this caller."""
+    @_builtins.property
+    def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Parameters, at most 32, names `[a-z][a-z0-9_]{0,62}`, values up to 1,024 characters."""
+
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long it may wait for delivery: 1 second to 7 days."""
+
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+        command: _builtins.str = ...,
+        parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "device", b"device", "parameters", b"parameters", "request_id", b"request_id", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendCommandRequest: _TypeAlias = SendCommandRequest  # noqa: Y015
+
+@_typing.final
+class GetCommandRequest(_message.Message):
+    """The request of GetCommand."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`devices/{device}/commands/{command}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCommandRequest: _TypeAlias = GetCommandRequest  # noqa: Y015
+
+@_typing.final
+class ListCommandsRequest(_message.Message):
+    """The request of ListCommands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`devices/{device}`."""
+    status: Global___CommandStatus.ValueType
+    """Only commands in this status."""
+    page_size: _builtins.int
+    """0 means 50; at most 500."""
+    page_token: _builtins.str
+    """From the previous response."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        status: Global___CommandStatus.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCommandsRequest: _TypeAlias = ListCommandsRequest  # noqa: Y015
+
+@_typing.final
+class ListCommandsResponse(_message.Message):
+    """The response of ListCommands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMANDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___Command]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        commands: _abc.Iterable[Global___Command] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCommandsResponse: _TypeAlias = ListCommandsResponse  # noqa: Y015
+
+@_typing.final
+class AckCommandRequest(_message.Message):
+    """The request of AckCommand."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SUCCEEDED_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`devices/{device}/commands/{command}`: a command sent to the calling device."""
+    succeeded: _builtins.bool
+    """Whether the device carried it out."""
+    result: _builtins.str
+    """What the device says, up to 1,024 characters."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        succeeded: _builtins.bool = ...,
+        result: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "result", b"result", "succeeded", b"succeeded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AckCommandRequest: _TypeAlias = AckCommandRequest  # noqa: Y015
 
 @_typing.final
 class SubscribeTelemetryRequest(_message.Message):

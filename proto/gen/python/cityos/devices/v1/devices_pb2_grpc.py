@@ -667,3 +667,214 @@ class TelemetryService(object):
             timeout,
             metadata,
             _registered_method=True)
+
+
+class CommandServiceStub(object):
+    """Commands to devices: delivered at once to a connected device, otherwise queued and delivered right
+    after its next uplink (sleeping NB-IoT devices), within the command's time to live.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SendCommand = channel.unary_unary(
+                '/cityos.devices.v1.CommandService/SendCommand',
+                request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.SendCommandRequest.SerializeToString,
+                response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.Command.FromString,
+                _registered_method=True)
+        self.GetCommand = channel.unary_unary(
+                '/cityos.devices.v1.CommandService/GetCommand',
+                request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.GetCommandRequest.SerializeToString,
+                response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.Command.FromString,
+                _registered_method=True)
+        self.ListCommands = channel.unary_unary(
+                '/cityos.devices.v1.CommandService/ListCommands',
+                request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.ListCommandsRequest.SerializeToString,
+                response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.ListCommandsResponse.FromString,
+                _registered_method=True)
+        self.AckCommand = channel.unary_unary(
+                '/cityos.devices.v1.CommandService/AckCommand',
+                request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.AckCommandRequest.SerializeToString,
+                response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.Command.FromString,
+                _registered_method=True)
+
+
+class CommandServiceServicer(object):
+    """Commands to devices: delivered at once to a connected device, otherwise queued and delivered right
+    after its next uplink (sleeping NB-IoT devices), within the command's time to live.
+    """
+
+    def SendCommand(self, request, context):
+        """Queues a command for a device. Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCommand(self, request, context):
+        """Gets a command.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCommands(self, request, context):
+        """Lists a device's commands, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AckCommand(self, request, context):
+        """A device reports the outcome of a command it received.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CommandServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SendCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendCommand,
+                    request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.SendCommandRequest.FromString,
+                    response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.Command.SerializeToString,
+            ),
+            'GetCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCommand,
+                    request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.GetCommandRequest.FromString,
+                    response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.Command.SerializeToString,
+            ),
+            'ListCommands': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCommands,
+                    request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.ListCommandsRequest.FromString,
+                    response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.ListCommandsResponse.SerializeToString,
+            ),
+            'AckCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckCommand,
+                    request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.AckCommandRequest.FromString,
+                    response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.Command.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cityos.devices.v1.CommandService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cityos.devices.v1.CommandService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CommandService(object):
+    """Commands to devices: delivered at once to a connected device, otherwise queued and delivered right
+    after its next uplink (sleeping NB-IoT devices), within the command's time to live.
+    """
+
+    @staticmethod
+    def SendCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cityos.devices.v1.CommandService/SendCommand',
+            cityos_dot_devices_dot_v1_dot_devices__pb2.SendCommandRequest.SerializeToString,
+            cityos_dot_devices_dot_v1_dot_devices__pb2.Command.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cityos.devices.v1.CommandService/GetCommand',
+            cityos_dot_devices_dot_v1_dot_devices__pb2.GetCommandRequest.SerializeToString,
+            cityos_dot_devices_dot_v1_dot_devices__pb2.Command.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCommands(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cityos.devices.v1.CommandService/ListCommands',
+            cityos_dot_devices_dot_v1_dot_devices__pb2.ListCommandsRequest.SerializeToString,
+            cityos_dot_devices_dot_v1_dot_devices__pb2.ListCommandsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cityos.devices.v1.CommandService/AckCommand',
+            cityos_dot_devices_dot_v1_dot_devices__pb2.AckCommandRequest.SerializeToString,
+            cityos_dot_devices_dot_v1_dot_devices__pb2.Command.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

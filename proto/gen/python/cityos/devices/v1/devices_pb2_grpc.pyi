@@ -249,3 +249,76 @@ class TelemetryServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_TelemetryServiceServicer_to_server(servicer: TelemetryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class CommandServiceStub:
+    """Commands to devices: delivered at once to a connected device, otherwise queued and delivered right
+    after its next uplink (sleeping NB-IoT devices), within the command's time to live.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> CommandServiceAsyncStub: ...
+    SendCommand: _grpc.UnaryUnaryMultiCallable[_devices_pb2.SendCommandRequest, _devices_pb2.Command]
+    """Queues a command for a device. Idempotent by request_id."""
+    GetCommand: _grpc.UnaryUnaryMultiCallable[_devices_pb2.GetCommandRequest, _devices_pb2.Command]
+    """Gets a command."""
+    ListCommands: _grpc.UnaryUnaryMultiCallable[_devices_pb2.ListCommandsRequest, _devices_pb2.ListCommandsResponse]
+    """Lists a device's commands, newest first."""
+    AckCommand: _grpc.UnaryUnaryMultiCallable[_devices_pb2.AckCommandRequest, _devices_pb2.Command]
+    """A device reports the outcome of a command it received."""
+
+@_typing.type_check_only
+class CommandServiceAsyncStub(CommandServiceStub):
+    """Commands to devices: delivered at once to a connected device, otherwise queued and delivered right
+    after its next uplink (sleeping NB-IoT devices), within the command's time to live.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    SendCommand: _aio.UnaryUnaryMultiCallable[_devices_pb2.SendCommandRequest, _devices_pb2.Command]  # type: ignore[assignment]
+    """Queues a command for a device. Idempotent by request_id."""
+    GetCommand: _aio.UnaryUnaryMultiCallable[_devices_pb2.GetCommandRequest, _devices_pb2.Command]  # type: ignore[assignment]
+    """Gets a command."""
+    ListCommands: _aio.UnaryUnaryMultiCallable[_devices_pb2.ListCommandsRequest, _devices_pb2.ListCommandsResponse]  # type: ignore[assignment]
+    """Lists a device's commands, newest first."""
+    AckCommand: _aio.UnaryUnaryMultiCallable[_devices_pb2.AckCommandRequest, _devices_pb2.Command]  # type: ignore[assignment]
+    """A device reports the outcome of a command it received."""
+
+class CommandServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Commands to devices: delivered at once to a connected device, otherwise queued and delivered right
+    after its next uplink (sleeping NB-IoT devices), within the command's time to live.
+    """
+
+    @_abc_1.abstractmethod
+    def SendCommand(
+        self,
+        request: _devices_pb2.SendCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_devices_pb2.Command, _abc.Awaitable[_devices_pb2.Command]]:
+        """Queues a command for a device. Idempotent by request_id."""
+
+    @_abc_1.abstractmethod
+    def GetCommand(
+        self,
+        request: _devices_pb2.GetCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_devices_pb2.Command, _abc.Awaitable[_devices_pb2.Command]]:
+        """Gets a command."""
+
+    @_abc_1.abstractmethod
+    def ListCommands(
+        self,
+        request: _devices_pb2.ListCommandsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_devices_pb2.ListCommandsResponse, _abc.Awaitable[_devices_pb2.ListCommandsResponse]]:
+        """Lists a device's commands, newest first."""
+
+    @_abc_1.abstractmethod
+    def AckCommand(
+        self,
+        request: _devices_pb2.AckCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_devices_pb2.Command, _abc.Awaitable[_devices_pb2.Command]]:
+        """A device reports the outcome of a command it received."""
+
+def add_CommandServiceServicer_to_server(servicer: CommandServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
