@@ -165,3 +165,42 @@ async def test_concurrent_reports_are_all_durable_and_in_the_feed_once(fleet, se
     records = await _feed(fleet)
     keys = [(r.device, r.reading.sequence) for r in records]
     assert len(keys) == len(set(keys)) == 120
+
+
+async def test_ingest_acks_each_batch_once_durable_and_reports_rejections(fleet, sensors):
+    await fleet.device("water-1", who=fleet.other_org)  # another organization's device
+
+    async def batches():
+        yield devices_pb2.IngestRequest(
+            batch_id=1,
+            devices=[
+                devices_pb2.DeviceReadings(device="devices/pk-a", readings=[reading(1), reading(2)]),
+                devices_pb2.DeviceReadings(device="devices/pk-b", readings=[reading(1, humidity=3.0)]),
+            ],
+        )
+        yield devices_pb2.IngestRequest(
+            batch_id=2,
+            devices=[
+                devices_pb2.DeviceReadings(device="devices/pk-a", readings=[reading(2), reading(3)]),
+                devices_pb2.DeviceReadings(device="devices/water-1", readings=[reading(1)]),
+                devices_pb2.DeviceReadings(device="devices/nope", readings=[reading(1)]),
+            ],
+        )
+
+    acks = [ack async for ack in fleet.telemetry.Ingest(batches(), metadata=fleet.operator, timeout=10)]
+    assert [(a.batch_id, a.accepted, a.duplicates) for a in acks] == [(1, 2, 0), (2, 1, 1)]
+    assert [r.field for r in acks[0].rejected] == ["devices[1].readings[0].values.humidity"]
+    assert [(r.field, r.reason) for r in acks[1].rejected] == [
+        ("devices[1].device", "no such device"),  # utilities' device: not transport's to write
+        ("devices[2].device", "no such device"),
+    ]
+    assert [(r.device, r.reading.sequence) for r in await _feed(fleet)] == [
+        ("devices/pk-a", 1),
+        ("devices/pk-a", 2),
+        ("devices/pk-a", 3),
+    ]
+    # A device credential is not a bulk ingester.
+    with pytest.raises(grpc.aio.AioRpcError) as device_caller:
+        async for _ in fleet.telemetry.Ingest(batches(), metadata=sensors["pk-a"], timeout=10):
+            pass
+    assert device_caller.value.code() == grpc.StatusCode.PERMISSION_DENIED

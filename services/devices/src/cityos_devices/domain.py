@@ -271,10 +271,14 @@ MAX_AGE = timedelta(days=30)
 
 
 def reading_problem(
-    reading: devices_pb2.Reading, index: int, specs: dict[str, dict[str, Any]], now: datetime
+    reading: devices_pb2.Reading,
+    index: int,
+    specs: dict[str, dict[str, Any]],
+    now: datetime,
+    prefix: str = "readings",
 ) -> tuple[str, str] | None:
     """Why a reading is refused (its field and the reason), or None when it is valid."""
-    field = f"readings[{index}]"
+    field = f"{prefix}[{index}]"
     if reading.sequence >= 2**63:
         return f"{field}.sequence", "must be below 2^63"
     if not reading.HasField("time"):

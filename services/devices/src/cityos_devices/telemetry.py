@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,13 +23,15 @@ from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
 from cityos_devices import domain
 from cityos_devices.commands import deliver
 from cityos_devices.models import DeviceModelRow, DeviceRow, TelemetryRow
+from cityos_platform.auth import Principal
 from cityos_platform.db import Database, Tx
-from cityos_platform.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from cityos_platform.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from cityos_platform.events import decode_cursor, encode_cursor, follow_ordered
 from cityos_platform.interceptor import current_call
 from cityos_platform.tenancy import is_city_wide, not_found
 
 MAX_READINGS = 1000
+MAX_INGEST_READINGS = 10_000
 PROFILE_TTL_S = 30.0
 STREAM = "telemetry"
 DEFAULT_BATCH = 500
@@ -43,9 +45,21 @@ class Profile:
     device_id: str
     type: str
     owner_organization: str
+    operator_organization: str
     area_cell: str
     decommissioned: bool
     specs: dict[str, dict[str, Any]]
+
+
+@dataclass
+class Prepared:
+    """One device's readings after validation: rows to store, rejections, in-batch duplicates."""
+
+    device_id: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[devices_pb2.RejectedReading] = field(default_factory=list)
+    duplicates: int = 0
+    latest: dict[str, tuple[datetime, float]] = field(default_factory=dict)
 
 
 class Ingestor:
@@ -69,6 +83,7 @@ class Ingestor:
             device_id=device_id,
             type=device.type,
             owner_organization=device.owner_organization,
+            operator_organization=device.operator_organization,
             area_cell=device.area_cell,
             decommissioned=device.status == devices_pb2.DEVICE_STATUS_DECOMMISSIONED,
             specs={spec["name"]: spec for spec in model.metrics},
@@ -76,38 +91,34 @@ class Ingestor:
         self._profiles[device_id] = (profile, time.monotonic())
         return profile
 
-    async def ingest(
+    def prepare(
         self,
-        device_id: str,
+        profile: Profile,
         readings: Sequence[devices_pb2.Reading],
-        radio: devices_pb2.RadioReport | None = None,
-    ) -> devices_pb2.ReportResponse:
-        if not 1 <= len(readings) <= MAX_READINGS:
-            raise InvalidArgument.field("readings", f"send 1 to {MAX_READINGS} readings")
-        profile = await self.profile(device_id)
-        if profile.decommissioned:
-            raise FailedPrecondition("the device is decommissioned", reason="DEVICE_DECOMMISSIONED")
-        now = self.db.clock.now()
-        response = devices_pb2.ReportResponse()
-        rows: list[dict[str, Any]] = []
+        now: datetime,
+        field: str = "readings",
+    ) -> Prepared:
+        """Validate and de-duplicate one device's readings (no I/O)."""
+        prepared = Prepared(profile.device_id)
         in_batch: set[int] = set()
-        latest: dict[str, tuple[datetime, float]] = {}
         for index, reading in enumerate(readings):
-            problem = domain.reading_problem(reading, index, profile.specs, now)
+            problem = domain.reading_problem(reading, index, profile.specs, now, field)
             if problem is not None:
-                response.rejected.add(
-                    index=index, sequence=reading.sequence, field=problem[0], reason=problem[1]
+                prepared.rejected.append(
+                    devices_pb2.RejectedReading(
+                        index=index, sequence=reading.sequence, field=problem[0], reason=problem[1]
+                    )
                 )
                 continue
             if reading.sequence in in_batch:
-                response.duplicates += 1
+                prepared.duplicates += 1
                 continue
             in_batch.add(reading.sequence)
             when = reading.time.ToDatetime(tzinfo=UTC)
             values = dict(reading.values)
-            rows.append(
+            prepared.rows.append(
                 {
-                    "device_id": device_id,
+                    "device_id": profile.device_id,
                     "sequence": reading.sequence,
                     "time": when,
                     "values": values,
@@ -118,16 +129,45 @@ class Ingestor:
                 }
             )
             for metric, value in values.items():
-                if metric not in latest or latest[metric][0] <= when:
-                    latest[metric] = (when, value)
+                if metric not in prepared.latest or prepared.latest[metric][0] <= when:
+                    prepared.latest[metric] = (when, value)
+        return prepared
+
+    async def usable_profile(self, device_id: str) -> Profile:
+        profile = await self.profile(device_id)
+        if profile.decommissioned:
+            raise FailedPrecondition(f"devices/{device_id} is decommissioned", reason="DEVICE_DECOMMISSIONED")
+        return profile
+
+    async def ingest(
+        self,
+        device_id: str,
+        readings: Sequence[devices_pb2.Reading],
+        radio: devices_pb2.RadioReport | None = None,
+    ) -> devices_pb2.ReportResponse:
+        """One device's uplink (Report): store, update the twin, hand over its queued commands."""
+        if not 1 <= len(readings) <= MAX_READINGS:
+            raise InvalidArgument.field("readings", f"send 1 to {MAX_READINGS} readings")
+        profile = await self.usable_profile(device_id)
+        prepared = self.prepare(profile, readings, self.db.clock.now())
+        response = devices_pb2.ReportResponse(rejected=prepared.rejected)
         async with self.db.transaction() as tx:
-            stored = await self._append(tx, rows) if rows else 0
-            await self._update_twin(tx, device_id, latest, radio)
+            stored = await self._append(tx, prepared.rows) if prepared.rows else 0
+            await self._update_twin(tx, device_id, prepared.latest, radio)
             # The device is awake right now: hand over what waited for it.
             response.commands.extend(await deliver(tx, device_id))
         response.accepted = stored
-        response.duplicates += len(rows) - stored
+        response.duplicates = prepared.duplicates + len(prepared.rows) - stored
         return response
+
+    async def ingest_many(self, batches: Sequence[Prepared]) -> tuple[int, int]:
+        """Several devices' prepared readings in one transaction: (stored, dropped as duplicates)."""
+        rows = [row for batch in batches for row in batch.rows]
+        async with self.db.transaction() as tx:
+            stored = await self._append(tx, rows) if rows else 0
+            for batch in batches:
+                await self._update_twin(tx, batch.device_id, batch.latest, None)
+        return stored, sum(b.duplicates for b in batches) + len(rows) - stored
 
     async def _append(self, tx: Tx, rows: list[dict[str, Any]]) -> int:
         """Insert, dropping (device, sequence) pairs already stored; how many were new."""
@@ -202,6 +242,44 @@ class TelemetryServicer(devices_pb2_grpc.TelemetryServiceServicer):
             )
         radio = request.radio if request.HasField("radio") else None
         return await self.ingestor.ingest(device_id, request.readings, radio)
+
+    async def Ingest(
+        self, requests: AsyncIterator[devices_pb2.IngestRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[devices_pb2.IngestResponse]:
+        caller = current_call().principal
+        async for batch in requests:
+            total = sum(len(part.readings) for part in batch.devices)
+            if not 1 <= total <= MAX_INGEST_READINGS:
+                raise InvalidArgument.field("devices", f"a batch carries 1 to {MAX_INGEST_READINGS} readings")
+            now = self.db.clock.now()
+            prepared: list[Prepared] = []
+            response = devices_pb2.IngestResponse(batch_id=batch.batch_id)
+            for index, part in enumerate(batch.devices):
+                problem = await self._writable_profile(part.device, caller)
+                if isinstance(problem, str):
+                    response.rejected.add(index=index, field=f"devices[{index}].device", reason=problem)
+                    continue
+                ready = self.ingestor.prepare(problem, part.readings, now, f"devices[{index}].readings")
+                response.rejected.extend(ready.rejected)
+                prepared.append(ready)
+            response.accepted, response.duplicates = await self.ingestor.ingest_many(prepared)
+            yield response  # only now: the batch is durable
+
+    async def _writable_profile(self, name: str, caller: Principal) -> Profile | str:
+        """The device's profile if the caller may write its telemetry, else why not."""
+        prefix, _, device_id = name.partition("/")
+        if prefix != "devices" or not domain.RESOURCE_ID.match(device_id):
+            return "must look like devices/{id}"
+        try:
+            profile = await self.ingestor.profile(device_id)
+        except NotFound:
+            return "no such device"
+        organizations = {profile.owner_organization, profile.operator_organization}
+        if not is_city_wide(caller) and caller.organization not in organizations:
+            return "no such device"  # as for a missing one: nothing leaks across organizations
+        if profile.decommissioned:
+            return "the device is decommissioned"
+        return profile
 
     async def SubscribeTelemetry(
         self, request: devices_pb2.SubscribeTelemetryRequest, context: grpc.aio.ServicerContext

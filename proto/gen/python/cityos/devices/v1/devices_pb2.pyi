@@ -1407,6 +1407,98 @@ class AckCommandRequest(_message.Message):
 Global___AckCommandRequest: _TypeAlias = AckCommandRequest  # noqa: Y015
 
 @_typing.final
+class DeviceReadings(_message.Message):
+    """One device's part of an ingest batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    READINGS_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """`devices/{device}`."""
+    @_builtins.property
+    def readings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reading]:
+        """Its readings."""
+
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+        readings: _abc.Iterable[Global___Reading] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "readings", b"readings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceReadings: _TypeAlias = DeviceReadings  # noqa: Y015
+
+@_typing.final
+class IngestRequest(_message.Message):
+    """One batch on the Ingest stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.int
+    """The client's number for this batch, echoed in its ack."""
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceReadings]:
+        """Up to 10,000 readings in all."""
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.int = ...,
+        devices: _abc.Iterable[Global___DeviceReadings] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "devices", b"devices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestRequest: _TypeAlias = IngestRequest  # noqa: Y015
+
+@_typing.final
+class IngestResponse(_message.Message):
+    """The ack of one ingest batch: sent once its accepted readings are durable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.int
+    """The batch this answers."""
+    accepted: _builtins.int
+    """Readings stored."""
+    duplicates: _builtins.int
+    """Readings dropped as duplicates."""
+    @_builtins.property
+    def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedReading]:
+        """Per device, the readings refused and why (`devices[i].readings[j]…` in `field`)."""
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.int = ...,
+        accepted: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+        rejected: _abc.Iterable[Global___RejectedReading] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "batch_id", b"batch_id", "duplicates", b"duplicates", "rejected", b"rejected"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestResponse: _TypeAlias = IngestResponse  # noqa: Y015
+
+@_typing.final
 class SubscribeTelemetryRequest(_message.Message):
     """The request of SubscribeTelemetry."""
 

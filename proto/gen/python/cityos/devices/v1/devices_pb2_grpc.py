@@ -560,6 +560,11 @@ class TelemetryServiceStub(object):
                 request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.ReportRequest.SerializeToString,
                 response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.ReportResponse.FromString,
                 _registered_method=True)
+        self.Ingest = channel.stream_stream(
+                '/cityos.devices.v1.TelemetryService/Ingest',
+                request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.IngestRequest.SerializeToString,
+                response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.IngestResponse.FromString,
+                _registered_method=True)
         self.SubscribeTelemetry = channel.unary_stream(
                 '/cityos.devices.v1.TelemetryService/SubscribeTelemetry',
                 request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.SubscribeTelemetryRequest.SerializeToString,
@@ -581,6 +586,16 @@ class TelemetryServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ingest(self, request_iterator, context):
+        """The bulk path for gateways, adapters and back-ends: a stream of batches, each of several
+        devices' readings, each answered by its own ack once durable (in order). A caller writes for the
+        devices it may change (its organization's; every device for city-wide service accounts).
+        Validation and de-duplication are those of Report.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubscribeTelemetry(self, request, context):
         """Follows accepted readings in the order they became durable, after a cursor, filtered by
         device type and area; scoped to the caller's organization unless city-wide.
@@ -596,6 +611,11 @@ def add_TelemetryServiceServicer_to_server(servicer, server):
                     servicer.Report,
                     request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.ReportRequest.FromString,
                     response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.ReportResponse.SerializeToString,
+            ),
+            'Ingest': grpc.stream_stream_rpc_method_handler(
+                    servicer.Ingest,
+                    request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.IngestRequest.FromString,
+                    response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.IngestResponse.SerializeToString,
             ),
             'SubscribeTelemetry': grpc.unary_stream_rpc_method_handler(
                     servicer.SubscribeTelemetry,
@@ -631,6 +651,33 @@ class TelemetryService(object):
             '/cityos.devices.v1.TelemetryService/Report',
             cityos_dot_devices_dot_v1_dot_devices__pb2.ReportRequest.SerializeToString,
             cityos_dot_devices_dot_v1_dot_devices__pb2.ReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ingest(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cityos.devices.v1.TelemetryService/Ingest',
+            cityos_dot_devices_dot_v1_dot_devices__pb2.IngestRequest.SerializeToString,
+            cityos_dot_devices_dot_v1_dot_devices__pb2.IngestResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -202,6 +202,12 @@ class TelemetryServiceStub:
     duplicates by (device, sequence) are dropped. The response is sent only once the accepted
     readings are durable.
     """
+    Ingest: _grpc.StreamStreamMultiCallable[_devices_pb2.IngestRequest, _devices_pb2.IngestResponse]
+    """The bulk path for gateways, adapters and back-ends: a stream of batches, each of several
+    devices' readings, each answered by its own ack once durable (in order). A caller writes for the
+    devices it may change (its organization's; every device for city-wide service accounts).
+    Validation and de-duplication are those of Report.
+    """
     SubscribeTelemetry: _grpc.UnaryStreamMultiCallable[_devices_pb2.SubscribeTelemetryRequest, _devices_pb2.SubscribeTelemetryResponse]
     """Follows accepted readings in the order they became durable, after a cursor, filtered by
     device type and area; scoped to the caller's organization unless city-wide.
@@ -217,6 +223,12 @@ class TelemetryServiceAsyncStub(TelemetryServiceStub):
     against the device model; invalid ones are rejected with a reason while the rest are accepted;
     duplicates by (device, sequence) are dropped. The response is sent only once the accepted
     readings are durable.
+    """
+    Ingest: _aio.StreamStreamMultiCallable[_devices_pb2.IngestRequest, _devices_pb2.IngestResponse]  # type: ignore[assignment]
+    """The bulk path for gateways, adapters and back-ends: a stream of batches, each of several
+    devices' readings, each answered by its own ack once durable (in order). A caller writes for the
+    devices it may change (its organization's; every device for city-wide service accounts).
+    Validation and de-duplication are those of Report.
     """
     SubscribeTelemetry: _aio.UnaryStreamMultiCallable[_devices_pb2.SubscribeTelemetryRequest, _devices_pb2.SubscribeTelemetryResponse]  # type: ignore[assignment]
     """Follows accepted readings in the order they became durable, after a cursor, filtered by
@@ -236,6 +248,18 @@ class TelemetryServiceServicer(metaclass=_abc_1.ABCMeta):
         against the device model; invalid ones are rejected with a reason while the rest are accepted;
         duplicates by (device, sequence) are dropped. The response is sent only once the accepted
         readings are durable.
+        """
+
+    @_abc_1.abstractmethod
+    def Ingest(
+        self,
+        request_iterator: _MaybeAsyncIterator[_devices_pb2.IngestRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_devices_pb2.IngestResponse], _abc.AsyncIterator[_devices_pb2.IngestResponse]]:
+        """The bulk path for gateways, adapters and back-ends: a stream of batches, each of several
+        devices' readings, each answered by its own ack once durable (in order). A caller writes for the
+        devices it may change (its organization's; every device for city-wide service accounts).
+        Validation and de-duplication are those of Report.
         """
 
     @_abc_1.abstractmethod
