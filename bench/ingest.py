@@ -81,7 +81,9 @@ async def provision(channel: grpc.aio.Channel, operator: tuple, devices: int) ->
     ]
     for i in range(0, len(creates), 1000):
         await registry.BatchCreateDevices(
-            devices_pb2.BatchCreateDevicesRequest(requests=creates[i : i + 1000]), metadata=operator, timeout=120
+            devices_pb2.BatchCreateDevicesRequest(requests=creates[i : i + 1000]),
+            metadata=operator,
+            timeout=120,
         )
 
 
@@ -101,7 +103,10 @@ async def streaming(channel: grpc.aio.Channel, operator: tuple, readings: list, 
         requests.append(
             devices_pb2.IngestRequest(
                 batch_id=number,
-                devices=[devices_pb2.DeviceReadings(device=f"devices/d-{d:05d}", readings=r) for d, r in grouped.items()],
+                devices=[
+                    devices_pb2.DeviceReadings(device=f"devices/d-{d:05d}", readings=r)
+                    for d, r in grouped.items()
+                ],
             )
         )
     in_flight = asyncio.Semaphore(4)
@@ -129,7 +134,8 @@ async def naive(channel: grpc.aio.Channel, token: tuple, seconds: float) -> floa
     while time.perf_counter() - started < seconds:
         sent += 1
         reply = await telemetry.Report(
-            devices_pb2.ReportRequest(device="devices/d-naive", readings=[_reading(sent, now, 1.0)]), metadata=token
+            devices_pb2.ReportRequest(device="devices/d-naive", readings=[_reading(sent, now, 1.0)]),
+            metadata=token,
         )
         assert reply.accepted == 1
     return sent / (time.perf_counter() - started)
@@ -139,18 +145,36 @@ async def copy(dsn: str, readings: list) -> float:
     connection = await asyncpg.connect(dsn)
     try:
         await connection.execute(
-            "CREATE TABLE copy_baseline (seq bigserial, device_id varchar(63) NOT NULL, sequence bigint NOT NULL,"
-            " time timestamptz NOT NULL, values json NOT NULL, type varchar(63) NOT NULL,"
+            "CREATE TABLE copy_baseline (seq bigserial, device_id varchar(63) NOT NULL,"
+            " sequence bigint NOT NULL, time timestamptz NOT NULL, values json NOT NULL,"
+            " type varchar(63) NOT NULL,"
             " owner_organization varchar(64) NOT NULL, area_cell varchar(16) NOT NULL,"
             " received_time timestamptz NOT NULL, PRIMARY KEY (device_id, sequence))"
         )
         now = datetime.now(UTC)
         records = [
-            (f"d-{d:05d}", s, when, json.dumps({"occupied": value, "battery_v": 3.6}), "parking.sensor", "bench",
-             "8931aa3b2d7ffff", now)
+            (
+                f"d-{d:05d}",
+                s,
+                when,
+                json.dumps({"occupied": value, "battery_v": 3.6}),
+                "parking.sensor",
+                "bench",
+                "8931aa3b2d7ffff",
+                now,
+            )
             for d, s, when, value in readings
         ]
-        columns = ["device_id", "sequence", "time", "values", "type", "owner_organization", "area_cell", "received_time"]
+        columns = [
+            "device_id",
+            "sequence",
+            "time",
+            "values",
+            "type",
+            "owner_organization",
+            "area_cell",
+            "received_time",
+        ]
         started = time.perf_counter()
         await connection.copy_records_to_table("copy_baseline", records=records, columns=columns)
         return len(records) / (time.perf_counter() - started)
@@ -182,7 +206,7 @@ async def main() -> None:
         "CITYOS_AUTH_ISSUER": issuer.issuer.issuer_url,
         "CITYOS_LOG_LEVEL": "WARNING",
     }
-    service = subprocess.Popen(
+    service = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
         [sys.executable, "-m", "cityos_platform.cli", "serve", "devices"], env=env, stdout=subprocess.DEVNULL
     )
     try:
@@ -199,7 +223,8 @@ async def main() -> None:
             await registry.CreateDevice(
                 devices_pb2.CreateDeviceRequest(
                     device=devices_pb2.Device(
-                        model="deviceModels/bench", location=resources_pb2.GeoPoint(latitude=39.0, longitude=115.95)
+                        model="deviceModels/bench",
+                        location=resources_pb2.GeoPoint(latitude=39.0, longitude=115.95),
                     ),
                     device_id="d-naive",
                 ),

@@ -104,6 +104,17 @@ async def test_a_partly_invalid_batch_keeps_the_valid_readings_and_names_each_re
     assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.req("DEV-6")
+async def test_large_batches_drop_duplicates_the_same_way(fleet, sensors):
+    """Batches from 200 readings take the bulk path (COPY and a staging table on PostgreSQL)."""
+    first = await report(fleet, "pk-a", sensors["pk-a"], [reading(n) for n in range(1, 601)])
+    assert (first.accepted, first.duplicates) == (600, 0)
+    overlap = await report(fleet, "pk-a", sensors["pk-a"], [reading(n) for n in range(401, 1001)])
+    assert (overlap.accepted, overlap.duplicates) == (400, 200)
+    sequences = [r.reading.sequence for r in await _feed(fleet)]
+    assert sequences == list(range(1, 1001))
+
+
 async def test_reports_update_the_twin_and_connectivity(fleet, sensors):
     await report(
         fleet,

@@ -8,6 +8,7 @@ caller gets its answer only after that transaction commits.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import grpc
 from google.protobuf import json_format, timestamp_pb2
 from sqlalchemy import ColumnElement
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
 from cityos_devices import domain
@@ -32,6 +34,18 @@ from cityos_platform.tenancy import is_city_wide, not_found
 
 MAX_READINGS = 1000
 MAX_INGEST_READINGS = 10_000
+# From this many rows, PostgreSQL appends go through COPY and a staging table.
+COPY_THRESHOLD = 200
+STAGE_COLUMNS = [
+    "device_id",
+    "sequence",
+    "time",
+    "values",
+    "type",
+    "owner_organization",
+    "area_cell",
+    "received_time",
+]
 PROFILE_TTL_S = 30.0
 STREAM = "telemetry"
 DEFAULT_BATCH = 500
@@ -172,7 +186,10 @@ class Ingestor:
     async def _append(self, tx: Tx, rows: list[dict[str, Any]]) -> int:
         """Insert, dropping (device, sequence) pairs already stored; how many were new."""
         await tx.lock_ordered_log()
-        dialect = postgresql if tx.session.bind.dialect.name == "postgresql" else sqlite  # type: ignore[union-attr]
+        connection = await tx.session.connection()
+        if connection.dialect.name == "postgresql" and len(rows) >= COPY_THRESHOLD:
+            return await self._append_by_copy(connection, rows)
+        dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
         statement = (
             dialect.insert(TelemetryRow.__table__)
             .on_conflict_do_nothing(index_elements=["device_id", "sequence"])
@@ -180,6 +197,42 @@ class Ingestor:
         )
         result = await tx.session.execute(statement, rows)
         return len(result.all())
+
+    async def _append_by_copy(self, connection: AsyncConnection, rows: list[dict[str, Any]]) -> int:
+        """Large batches on PostgreSQL: COPY into a per-connection staging table (emptied at commit),
+        then one INSERT … SELECT that drops duplicates — the same result, several times faster."""
+        raw = await connection.get_raw_connection()
+        driver: Any = raw.driver_connection  # the asyncpg connection, inside this same transaction
+        await driver.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (device_id varchar(63), sequence bigint,"
+            ' time timestamptz, "values" json, type varchar(63), owner_organization varchar(64),'
+            " area_cell varchar(16), received_time timestamptz) ON COMMIT DELETE ROWS"
+        )
+        await driver.copy_records_to_table(
+            "telemetry_stage",
+            records=[
+                (
+                    row["device_id"],
+                    row["sequence"],
+                    row["time"],
+                    json.dumps(row["values"]),
+                    row["type"],
+                    row["owner_organization"],
+                    row["area_cell"],
+                    row["received_time"],
+                )
+                for row in rows
+            ],
+            columns=STAGE_COLUMNS,
+        )
+        columns = ", ".join(f'"{c}"' for c in STAGE_COLUMNS)
+        stored = await driver.fetchval(
+            f"WITH new AS (INSERT INTO telemetry ({columns}) SELECT {columns} FROM telemetry_stage"  # noqa: S608
+            " ORDER BY device_id, sequence ON CONFLICT (device_id, sequence) DO NOTHING RETURNING 1)"
+            " SELECT count(*) FROM new"
+        )
+        await driver.execute("TRUNCATE telemetry_stage")
+        return int(stored)
 
     async def _update_twin(
         self,
