@@ -110,7 +110,10 @@ def clock():
 @pytest.fixture
 async def fleet(start_server, database_url, dev_issuer, mint, tmp_path, clock):
     app = DevicesApp(
-        load_settings(var_dir=tmp_path, events_poll_interval_s=0.1), database_url=database_url, clock=clock
+        load_settings(var_dir=tmp_path, events_poll_interval_s=0.1),
+        database_url=database_url,
+        clock=clock,
+        run_jobs=False,
     )
     mounts = await app.start()
     authenticator = authenticator_for(dev_issuer)

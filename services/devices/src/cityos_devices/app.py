@@ -8,6 +8,7 @@ from pathlib import Path
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
 from cityos_devices.commands import CommandServicer
 from cityos_devices.credentials import TOKEN_PREFIX, DeviceTokenVerifier
+from cityos_devices.jobs import JobRunner, JobServicer
 from cityos_devices.models import Base
 from cityos_devices.registry import DeviceServicer
 from cityos_devices.telemetry import Ingestor, TelemetryServicer
@@ -27,12 +28,19 @@ CHAIN = service_chain("cityos_devices", Base.metadata)
 
 class DevicesApp:
     def __init__(
-        self, settings: Settings, *, database_url: str | None = None, clock: Clock = SYSTEM_CLOCK
+        self,
+        settings: Settings,
+        *,
+        database_url: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        run_jobs: bool = True,
     ) -> None:
         self.settings = settings
+        self.run_jobs = run_jobs  # tests drive the job runner's ticks themselves
         self.clock = clock
         self.database_url = database_url or settings.database_url_for(NAME)
         self.db: Database | None = None
+        self.jobs: JobRunner | None = None
         self.token_verifiers: dict[str, PrefixVerifier] = {}
 
     async def start(self) -> Sequence[Mount]:
@@ -44,7 +52,11 @@ class DevicesApp:
         tokens = DeviceTokenVerifier(db)
         self.token_verifiers = {TOKEN_PREFIX: tokens}
         ingestor = Ingestor(db)
-        registry = DeviceServicer(db, PageTokens(secret), AreaRegistry.default(), tokens, ingestor)
+        areas = AreaRegistry.default()
+        registry = DeviceServicer(db, PageTokens(secret), areas, tokens, ingestor)
+        self.jobs = JobRunner(db, areas)
+        if self.run_jobs:
+            self.jobs.start()
         poll = self.settings.events_poll_interval_s
         return [
             Mount(
@@ -62,10 +74,17 @@ class DevicesApp:
                 servicer=CommandServicer(db, PageTokens(secret)),
                 add_to_server=devices_pb2_grpc.add_CommandServiceServicer_to_server,
             ),
+            Mount(
+                descriptor=devices_pb2.DESCRIPTOR.services_by_name["JobService"],
+                servicer=JobServicer(db, areas, self.jobs),
+                add_to_server=devices_pb2_grpc.add_JobServiceServicer_to_server,
+            ),
             event_stream_mount(db, poll_interval_s=poll),
         ]
 
     async def stop(self) -> None:
+        if self.jobs is not None:
+            await self.jobs.stop()
         if self.db is not None:
             await self.db.close()
 

@@ -94,6 +94,57 @@ async def deliver(tx: Tx, device_id: str) -> list[devices_pb2.Command]:
     return [command_to_proto(row) for row in rows]
 
 
+def queue_command(
+    tx: Tx,
+    device: DeviceRow,
+    command: str,
+    parameters: dict[str, str],
+    ttl: timedelta,
+    requested_by: str,
+    job_id: str | None = None,
+) -> CommandRow:
+    """Queue a (validated) command for a device in this transaction."""
+    row = CommandRow(
+        command_id=secrets.token_hex(8),
+        device_id=device.device_id,
+        command=command,
+        parameters=parameters,
+        status=int(devices_pb2.COMMAND_STATUS_QUEUED),
+        owner_organization=device.owner_organization,
+        requested_by=requested_by,
+        create_time=tx.now,
+        expire_time=tx.now + ttl,
+        send_time=None,
+        ack_time=None,
+        result="",
+        job_id=job_id,
+    )
+    tx.session.add(row)
+    _emit(tx, "queued", row, device.area_cell)
+    return row
+
+
+def validate_command(
+    command: str, parameters: dict[str, str], ttl: timedelta, prefix: str = ""
+) -> domain.Violations:
+    violations: domain.Violations = []
+    if not MIN_TTL <= ttl <= MAX_TTL:
+        violations.append((f"{prefix}ttl", "must be between 1 second and 7 days"))
+    if not domain.METRIC_NAME.match(command):
+        violations.append((f"{prefix}command", "must be [a-z][a-z0-9_]{0,62}"))
+    if len(parameters) > MAX_PARAMETERS:
+        violations.append((f"{prefix}parameters", f"at most {MAX_PARAMETERS} parameters"))
+    for key, value in parameters.items():
+        if not PARAMETER.match(key) or len(value) > 1024:
+            violations.append(
+                (
+                    f"{prefix}parameters.{key}",
+                    "names are [a-z][a-z0-9_]{0,62}, values at most 1,024 characters",
+                )
+            )
+    return violations
+
+
 def command_ids(name: str, field: str = "name") -> tuple[str, str]:
     parts = name.split("/")
     if len(parts) != 4 or parts[0] != "devices" or parts[2] != "commands" or not parts[3]:
@@ -113,18 +164,7 @@ class CommandServicer(devices_pb2_grpc.CommandServiceServicer):
         caller = current_call().principal
         device_id = domain.name_id(request.device, "devices", "device")
         ttl = timedelta(seconds=domain.seconds(request.ttl))
-        violations: domain.Violations = []
-        if not MIN_TTL <= ttl <= MAX_TTL:
-            violations.append(("ttl", "must be between 1 second and 7 days"))
-        if not domain.METRIC_NAME.match(request.command):
-            violations.append(("command", "must be [a-z][a-z0-9_]{0,62}"))
-        if len(request.parameters) > MAX_PARAMETERS:
-            violations.append(("parameters", f"at most {MAX_PARAMETERS} parameters"))
-        for key, value in request.parameters.items():
-            if not PARAMETER.match(key) or len(value) > 1024:
-                violations.append(
-                    (f"parameters.{key}", "names are [a-z][a-z0-9_]{0,62}, values at most 1,024 characters")
-                )
+        violations = validate_command(request.command, dict(request.parameters), ttl)
         if violations:
             raise InvalidArgument.many(violations)
 
@@ -140,22 +180,7 @@ class CommandServicer(devices_pb2_grpc.CommandServiceServicer):
                     "command",
                     f"the device's model supports: {', '.join(model.supported_commands if model else [])}",
                 )
-            row = CommandRow(
-                command_id=secrets.token_hex(8),
-                device_id=device_id,
-                command=request.command,
-                parameters=dict(request.parameters),
-                status=int(devices_pb2.COMMAND_STATUS_QUEUED),
-                owner_organization=device.owner_organization,
-                requested_by=caller.subject,
-                create_time=tx.now,
-                expire_time=tx.now + ttl,
-                send_time=None,
-                ack_time=None,
-                result="",
-            )
-            tx.session.add(row)
-            _emit(tx, "queued", row, device.area_cell)
+            row = queue_command(tx, device, request.command, dict(request.parameters), ttl, caller.subject)
             return command_to_proto(row)
 
         return await idempotent(

@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, MetaData, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from cityos_platform.models import NAMING_CONVENTION, BigId, LocatedMixin, OwnedMixin, UtcDateTime
@@ -109,5 +120,40 @@ class CommandRow(Base):
     send_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     ack_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     result: Mapped[str] = mapped_column(String(1024))
+    job_id: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
 
     __table_args__ = (Index("ix_device_commands_device_status", "device_id", "status", "create_time"),)
+
+
+class JobRow(Base):
+    """An operation over many devices, started at a rollout rate (see jobs.py)."""
+
+    __tablename__ = "device_jobs"
+
+    job_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    command: Mapped[str] = mapped_column(String(63))
+    parameters: Mapped[dict[str, str]] = mapped_column(JSON)
+    command_ttl_s: Mapped[float] = mapped_column(Float)
+    target: Mapped[dict[str, Any]] = mapped_column(JSON)
+    rollout_per_minute: Mapped[int] = mapped_column(Integer)
+    abort_failure_ratio: Mapped[float] = mapped_column(Float)
+    abort_min_finished: Mapped[int] = mapped_column(Integer)
+    window_start: Mapped[datetime] = mapped_column(UtcDateTime())
+    window_end: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    state: Mapped[int] = mapped_column(Integer, index=True)
+    owner_organization: Mapped[str] = mapped_column(String(64), index=True)
+    city_wide: Mapped[bool] = mapped_column(Boolean)
+    requested_by: Mapped[str] = mapped_column(String(255))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    start_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    total: Mapped[int] = mapped_column(Integer)
+
+
+class JobTargetRow(Base):
+    """One device of a job: fixed when the job starts; `command_id` once it is started."""
+
+    __tablename__ = "device_job_targets"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("device_jobs.job_id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    command_id: Mapped[str | None] = mapped_column(String(32), nullable=True)

@@ -153,6 +153,46 @@ COMMAND_STATUS_EXPIRED: CommandStatus.ValueType  # 5
 """Its time to live passed before it could be delivered; it never will be."""
 Global___CommandStatus: _TypeAlias = CommandStatus  # noqa: Y015
 
+class _JobState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_STATE_UNSPECIFIED: _JobState.ValueType  # 0
+    """Not set."""
+    JOB_STATE_SCHEDULED: _JobState.ValueType  # 1
+    """Waiting for its window to open."""
+    JOB_STATE_RUNNING: _JobState.ValueType  # 2
+    """Starting devices at its rollout rate."""
+    JOB_STATE_SUCCEEDED: _JobState.ValueType  # 3
+    """Every target finished."""
+    JOB_STATE_ABORTED: _JobState.ValueType  # 4
+    """Stopped because the failure ratio passed the abort threshold."""
+    JOB_STATE_CANCELLED: _JobState.ValueType  # 5
+    """Stopped by a caller."""
+    JOB_STATE_EXPIRED: _JobState.ValueType  # 6
+    """Its window closed before every target was started."""
+
+class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
+    """Where a job stands."""
+
+JOB_STATE_UNSPECIFIED: JobState.ValueType  # 0
+"""Not set."""
+JOB_STATE_SCHEDULED: JobState.ValueType  # 1
+"""Waiting for its window to open."""
+JOB_STATE_RUNNING: JobState.ValueType  # 2
+"""Starting devices at its rollout rate."""
+JOB_STATE_SUCCEEDED: JobState.ValueType  # 3
+"""Every target finished."""
+JOB_STATE_ABORTED: JobState.ValueType  # 4
+"""Stopped because the failure ratio passed the abort threshold."""
+JOB_STATE_CANCELLED: JobState.ValueType  # 5
+"""Stopped by a caller."""
+JOB_STATE_EXPIRED: JobState.ValueType  # 6
+"""Its window closed before every target was started."""
+Global___JobState: _TypeAlias = JobState  # noqa: Y015
+
 @_typing.final
 class MetricSpec(_message.Message):
     """One metric of a device model's telemetry schema."""
@@ -1291,6 +1331,262 @@ class SendCommandRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendCommandRequest: _TypeAlias = SendCommandRequest  # noqa: Y015
+
+@_typing.final
+class JobTarget(_message.Message):
+    """Which devices a job covers: explicit names, or a filter evaluated when the job starts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICES_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    AREA_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """Or: devices of this type."""
+    tag: _builtins.str
+    """And with this tag."""
+    area: _builtins.str
+    """And in this area (a district name or `bbox:…`)."""
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Explicit devices (`devices/{device}`), at most 10,000."""
+
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[_builtins.str] | None = ...,
+        type: _builtins.str = ...,
+        tag: _builtins.str = ...,
+        area: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["area", b"area", "devices", b"devices", "tag", b"tag", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobTarget: _TypeAlias = JobTarget  # noqa: Y015
+
+@_typing.final
+class JobProgress(_message.Message):
+    """Counts of a job's targets by outcome."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    SUCCEEDED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """Devices the job covers."""
+    started: _builtins.int
+    """Commands handed to the delivery queue so far."""
+    succeeded: _builtins.int
+    """Acknowledged by the device."""
+    failed: _builtins.int
+    """Failed or expired."""
+    def __init__(
+        self,
+        *,
+        total: _builtins.int = ...,
+        started: _builtins.int = ...,
+        succeeded: _builtins.int = ...,
+        failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "started", b"started", "succeeded", b"succeeded", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobProgress: _TypeAlias = JobProgress  # noqa: Y015
+
+@_typing.final
+class Job(_message.Message):
+    """An operation over many devices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    COMMAND_TTL_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    ROLLOUT_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    ABORT_FAILURE_RATIO_FIELD_NUMBER: _builtins.int
+    ABORT_MIN_FINISHED_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    OWNER_ORGANIZATION_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`jobs/{job}`."""
+    command: _builtins.str
+    """The command each device gets."""
+    rollout_per_minute: _builtins.int
+    """At most this many devices started per minute; 0 means all at once."""
+    abort_failure_ratio: _builtins.float
+    """Stop when failed / finished exceeds this ratio (0 to 1), once `abort_min_finished` have finished;
+    0 means never.
+    """
+    abort_min_finished: _builtins.int
+    """How many must have finished before the ratio is judged; 0 means 1."""
+    state: Global___JobState.ValueType
+    """Output only."""
+    owner_organization: _builtins.str
+    """Output only."""
+    @_builtins.property
+    def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Its parameters."""
+
+    @_builtins.property
+    def command_ttl(self) -> _duration_pb2.Duration:
+        """Each command's time to live."""
+
+    @_builtins.property
+    def target(self) -> Global___JobTarget:
+        """Which devices."""
+
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp:
+        """Start no device before this time; unset means now."""
+
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp:
+        """Start no device after this time; unset means no end."""
+
+    @_builtins.property
+    def progress(self) -> Global___JobProgress:
+        """Output only."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        command: _builtins.str = ...,
+        parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        command_ttl: _duration_pb2.Duration | None = ...,
+        target: Global___JobTarget | None = ...,
+        rollout_per_minute: _builtins.int = ...,
+        abort_failure_ratio: _builtins.float = ...,
+        abort_min_finished: _builtins.int = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___JobState.ValueType = ...,
+        progress: Global___JobProgress | None = ...,
+        owner_organization: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command_ttl", b"command_ttl", "create_time", b"create_time", "progress", b"progress", "target", b"target", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_failure_ratio", b"abort_failure_ratio", "abort_min_finished", b"abort_min_finished", "command", b"command", "command_ttl", b"command_ttl", "create_time", b"create_time", "name", b"name", "owner_organization", b"owner_organization", "parameters", b"parameters", "progress", b"progress", "rollout_per_minute", b"rollout_per_minute", "state", b"state", "target", b"target", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class CreateJobRequest(_message.Message):
+    """The request of CreateJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The final segment of the name, `[a-z0-9-]{1,63}`."""
+    request_id: _builtins.str
+    """Makes the create idempotent for this caller."""
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """The job; output-only fields are ignored."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+        job_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "job_id", b"job_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateJobRequest: _TypeAlias = CreateJobRequest  # noqa: Y015
+
+@_typing.final
+class GetJobRequest(_message.Message):
+    """The request of GetJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`jobs/{job}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobRequest: _TypeAlias = GetJobRequest  # noqa: Y015
+
+@_typing.final
+class CancelJobRequest(_message.Message):
+    """The request of CancelJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`jobs/{job}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015
 
 @_typing.final
 class GetCommandRequest(_message.Message):

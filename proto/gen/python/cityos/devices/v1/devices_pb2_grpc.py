@@ -925,3 +925,167 @@ class CommandService(object):
             timeout,
             metadata,
             _registered_method=True)
+
+
+class JobServiceStub(object):
+    """Operations over many devices, staged: a rollout rate, an abort threshold, a time window, cancel.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateJob = channel.unary_unary(
+                '/cityos.devices.v1.JobService/CreateJob',
+                request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.CreateJobRequest.SerializeToString,
+                response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.Job.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/cityos.devices.v1.JobService/GetJob',
+                request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.Job.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/cityos.devices.v1.JobService/CancelJob',
+                request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.Job.FromString,
+                _registered_method=True)
+
+
+class JobServiceServicer(object):
+    """Operations over many devices, staged: a rollout rate, an abort threshold, a time window, cancel.
+    """
+
+    def CreateJob(self, request, context):
+        """Creates and starts a job. Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """Gets a job and its progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Stops a job: no further device is started; what was sent stays sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_JobServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJob,
+                    request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.CreateJobRequest.FromString,
+                    response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.Job.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.GetJobRequest.FromString,
+                    response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.Job.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.CancelJobRequest.FromString,
+                    response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.Job.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cityos.devices.v1.JobService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cityos.devices.v1.JobService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class JobService(object):
+    """Operations over many devices, staged: a rollout rate, an abort threshold, a time window, cancel.
+    """
+
+    @staticmethod
+    def CreateJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cityos.devices.v1.JobService/CreateJob',
+            cityos_dot_devices_dot_v1_dot_devices__pb2.CreateJobRequest.SerializeToString,
+            cityos_dot_devices_dot_v1_dot_devices__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cityos.devices.v1.JobService/GetJob',
+            cityos_dot_devices_dot_v1_dot_devices__pb2.GetJobRequest.SerializeToString,
+            cityos_dot_devices_dot_v1_dot_devices__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cityos.devices.v1.JobService/CancelJob',
+            cityos_dot_devices_dot_v1_dot_devices__pb2.CancelJobRequest.SerializeToString,
+            cityos_dot_devices_dot_v1_dot_devices__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -346,3 +346,58 @@ class CommandServiceServicer(metaclass=_abc_1.ABCMeta):
         """A device reports the outcome of a command it received."""
 
 def add_CommandServiceServicer_to_server(servicer: CommandServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class JobServiceStub:
+    """Operations over many devices, staged: a rollout rate, an abort threshold, a time window, cancel."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> JobServiceAsyncStub: ...
+    CreateJob: _grpc.UnaryUnaryMultiCallable[_devices_pb2.CreateJobRequest, _devices_pb2.Job]
+    """Creates and starts a job. Idempotent by request_id."""
+    GetJob: _grpc.UnaryUnaryMultiCallable[_devices_pb2.GetJobRequest, _devices_pb2.Job]
+    """Gets a job and its progress."""
+    CancelJob: _grpc.UnaryUnaryMultiCallable[_devices_pb2.CancelJobRequest, _devices_pb2.Job]
+    """Stops a job: no further device is started; what was sent stays sent."""
+
+@_typing.type_check_only
+class JobServiceAsyncStub(JobServiceStub):
+    """Operations over many devices, staged: a rollout rate, an abort threshold, a time window, cancel."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateJob: _aio.UnaryUnaryMultiCallable[_devices_pb2.CreateJobRequest, _devices_pb2.Job]  # type: ignore[assignment]
+    """Creates and starts a job. Idempotent by request_id."""
+    GetJob: _aio.UnaryUnaryMultiCallable[_devices_pb2.GetJobRequest, _devices_pb2.Job]  # type: ignore[assignment]
+    """Gets a job and its progress."""
+    CancelJob: _aio.UnaryUnaryMultiCallable[_devices_pb2.CancelJobRequest, _devices_pb2.Job]  # type: ignore[assignment]
+    """Stops a job: no further device is started; what was sent stays sent."""
+
+class JobServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Operations over many devices, staged: a rollout rate, an abort threshold, a time window, cancel."""
+
+    @_abc_1.abstractmethod
+    def CreateJob(
+        self,
+        request: _devices_pb2.CreateJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_devices_pb2.Job, _abc.Awaitable[_devices_pb2.Job]]:
+        """Creates and starts a job. Idempotent by request_id."""
+
+    @_abc_1.abstractmethod
+    def GetJob(
+        self,
+        request: _devices_pb2.GetJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_devices_pb2.Job, _abc.Awaitable[_devices_pb2.Job]]:
+        """Gets a job and its progress."""
+
+    @_abc_1.abstractmethod
+    def CancelJob(
+        self,
+        request: _devices_pb2.CancelJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_devices_pb2.Job, _abc.Awaitable[_devices_pb2.Job]]:
+        """Stops a job: no further device is started; what was sent stays sent."""
+
+def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,149 @@
+"""Jobs (DEV-4): a job over a filter is rolled out at its rate, stops at its abort threshold, and stops
+when cancelled."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
+
+
+@pytest.fixture
+async def lamps(fleet):
+    """Ten streetlight controllers tagged `main-st`, two others elsewhere; each with its token."""
+    await fleet.model()
+    tokens = {}
+    for n in range(12):
+        device_id = f"lamp-{n:02d}"
+        await fleet.device(device_id, tags=["main-st"] if n < 10 else ["side-st"])
+        tokens[device_id] = await fleet.device_token(device_id)
+    return tokens
+
+
+def jobs(fleet):
+    return devices_pb2_grpc.JobServiceStub(fleet.channel)
+
+
+async def create(fleet, job_id="dim-main", **fields):
+    job = devices_pb2.Job(
+        command="recalibrate",
+        command_ttl=duration_pb2.Duration(seconds=3600),
+        target=devices_pb2.JobTarget(tag="main-st"),
+        **fields,
+    )
+    return await jobs(fleet).CreateJob(
+        devices_pb2.CreateJobRequest(job=job, job_id=job_id), metadata=fleet.operator
+    )
+
+
+async def get(fleet, name="jobs/dim-main"):
+    return await jobs(fleet).GetJob(devices_pb2.GetJobRequest(name=name), metadata=fleet.operator)
+
+
+async def uplink_and_answer(fleet, clock, tokens, device_id, sequence, succeeded=True) -> int:
+    """The device wakes, reports, and answers every command it received; how many it got."""
+    when = timestamp_pb2.Timestamp()
+    when.FromDatetime(clock.now())
+    reply = await fleet.telemetry.Report(
+        devices_pb2.ReportRequest(
+            device=f"devices/{device_id}",
+            readings=[devices_pb2.Reading(sequence=sequence, time=when, values={"occupied": 0.0})],
+        ),
+        metadata=tokens[device_id],
+    )
+    stub = devices_pb2_grpc.CommandServiceStub(fleet.channel)
+    for command in reply.commands:
+        await stub.AckCommand(
+            devices_pb2.AckCommandRequest(name=command.name, succeeded=succeeded), metadata=tokens[device_id]
+        )
+    return len(reply.commands)
+
+
+@pytest.mark.req("DEV-4")
+async def test_a_rollout_rate_is_respected(fleet, lamps, clock):
+    created = await create(fleet, rollout_per_minute=3)
+    assert created.state == devices_pb2.JOB_STATE_RUNNING
+    assert (created.progress.total, created.progress.started) == (10, 3)  # the filter chose the 10 on main-st
+    runner = fleet.app.jobs
+    clock.advance(seconds=59)
+    await runner.tick()
+    assert (await get(fleet)).progress.started == 3  # still the first minute
+    clock.advance(seconds=1)
+    await runner.tick()
+    assert (await get(fleet)).progress.started == 6
+    clock.advance(minutes=2)
+    await runner.tick()
+    job = await get(fleet)
+    assert job.progress.started == 10  # capped at the targets
+    for n in range(10):
+        assert await uplink_and_answer(fleet, clock, lamps, f"lamp-{n:02d}", 1) == 1
+    assert await uplink_and_answer(fleet, clock, lamps, "lamp-10", 1) == 0  # not a target
+    await runner.tick()
+    done = await get(fleet)
+    assert done.state == devices_pb2.JOB_STATE_SUCCEEDED
+    assert (done.progress.succeeded, done.progress.failed) == (10, 0)
+
+
+@pytest.mark.req("DEV-4")
+async def test_a_job_stops_at_its_abort_threshold(fleet, lamps, clock):
+    await create(fleet, rollout_per_minute=4, abort_failure_ratio=0.5, abort_min_finished=3)
+    runner = fleet.app.jobs
+    # The first four devices get the command; three of them fail it.
+    for n, ok in zip(range(4), (False, False, True, False), strict=True):
+        await uplink_and_answer(fleet, clock, lamps, f"lamp-{n:02d}", 1, succeeded=ok)
+    await runner.tick()
+    job = await get(fleet)
+    assert job.state == devices_pb2.JOB_STATE_ABORTED
+    assert (job.progress.failed, job.progress.succeeded) == (3, 1)
+    clock.advance(minutes=10)
+    await runner.tick()
+    assert (await get(fleet)).progress.started == 4  # nothing more was started
+
+
+@pytest.mark.req("DEV-4")
+async def test_cancel_stops_a_job(fleet, lamps, clock):
+    await create(fleet, rollout_per_minute=2)
+    cancelled = await jobs(fleet).CancelJob(
+        devices_pb2.CancelJobRequest(name="jobs/dim-main"), metadata=fleet.operator
+    )
+    assert cancelled.state == devices_pb2.JOB_STATE_CANCELLED
+    clock.advance(minutes=10)
+    await fleet.app.jobs.tick()
+    job = await get(fleet)
+    assert (job.state, job.progress.started) == (devices_pb2.JOB_STATE_CANCELLED, 2)
+    # Cancelling again is harmless; another organization cannot see it.
+    again = await jobs(fleet).CancelJob(
+        devices_pb2.CancelJobRequest(name="jobs/dim-main"), metadata=fleet.operator
+    )
+    assert again.state == devices_pb2.JOB_STATE_CANCELLED
+    with pytest.raises(grpc.aio.AioRpcError) as foreign:
+        await jobs(fleet).GetJob(devices_pb2.GetJobRequest(name="jobs/dim-main"), metadata=fleet.other_org)
+    assert foreign.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.req("DEV-1")
+async def test_bad_jobs_name_each_bad_field(fleet, lamps):
+    from services.devices.tests.test_registry import violations
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await jobs(fleet).CreateJob(
+            devices_pb2.CreateJobRequest(
+                job=devices_pb2.Job(
+                    command="Bad!",
+                    target=devices_pb2.JobTarget(devices=["lamp-1"], tag="Not A Tag"),
+                    abort_failure_ratio=1.5,
+                ),
+                job_id="x_y",
+            ),
+            metadata=fleet.operator,
+        )
+    assert set(violations(caught.value)) == {
+        "job.command",
+        "job.command_ttl",
+        "job.target.devices[0]",
+        "job.target.tag",
+        "job.abort_failure_ratio",
+        "job_id",
+    }
