@@ -12,7 +12,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -157,7 +157,7 @@ def registered_conformance(tmp_path: Any) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "CITYOS_VAR_DIR": str(tmp_path / "var")}
 
 
-def unreachable(reason: str) -> None:
+def unreachable(reason: str) -> NoReturn:
     """A required external service is missing: skip with the reason, or fail the run under CI=true."""
     if under_ci():
         pytest.fail(f"{reason} (CI=true: it is required)", pytrace=False)
@@ -212,3 +212,55 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]
     dsn = _create_database("cityos_t")
     yield dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
     _drop_database(dsn)
+
+
+MOSQUITTO_DYNSEC = [
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+]
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Any) -> Iterator[str]:
+    """A private Mosquitto on a free port with the dynamic-security plugin; yields its admin URL
+    (`mqtt://admin:<password>@127.0.0.1:<port>`). Skipped with the reason where Mosquitto is missing,
+    except under CI=true."""
+    import getpass
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    binary, control = shutil.which("mosquitto") or "/usr/sbin/mosquitto", shutil.which("mosquitto_ctrl")
+    plugin = next((p for p in MOSQUITTO_DYNSEC if os.path.exists(p)), None)
+    if not os.path.exists(binary) or control is None or plugin is None:
+        unreachable("mosquitto with its dynamic-security plugin is not installed (apt-get install mosquitto)")
+    password = uuid.uuid4().hex
+    dynsec = tmp_path / "dynamic-security.json"
+    subprocess.run(
+        [control, "dynsec", "init", str(dynsec), "admin", password], check=True, capture_output=True
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(
+        # `user`: run as ourselves (as root, Mosquitto would switch to a user who cannot read tmp_path).
+        f"user {getpass.getuser()}\nlistener {port} 127.0.0.1\nallow_anonymous false\npersistence false\n"
+        f"plugin {plugin}\nplugin_opt_config_file {dynsec}\n"
+    )
+    log = (tmp_path / "mosquitto.log").open("wb")
+    broker = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if broker.poll() is not None:
+            raise RuntimeError(f"mosquitto exited: {(tmp_path / 'mosquitto.log').read_text()}")
+        time.sleep(0.05)
+    yield f"mqtt://admin:{password}@127.0.0.1:{port}"
+    broker.terminate()
+    broker.wait(timeout=10)
+    log.close()

@@ -10,7 +10,9 @@ from cityos_devices.commands import CommandServicer
 from cityos_devices.credentials import TOKEN_PREFIX, DeviceTokenVerifier
 from cityos_devices.jobs import JobRunner, JobServicer
 from cityos_devices.models import Base
+from cityos_devices.mqtt import BrokerAdmin, MqttAdapter
 from cityos_devices.registry import DeviceServicer
+from cityos_devices.settings import DevicesSettings
 from cityos_devices.telemetry import Ingestor, TelemetryServicer
 from cityos_platform.areas import AreaRegistry
 from cityos_platform.authz import PrefixVerifier
@@ -34,7 +36,10 @@ class DevicesApp:
         database_url: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
         run_jobs: bool = True,
+        devices_settings: DevicesSettings | None = None,
     ) -> None:
+        self.devices_settings = devices_settings or DevicesSettings()
+        self.adapter: MqttAdapter | None = None
         self.settings = settings
         self.run_jobs = run_jobs  # tests drive the job runner's ticks themselves
         self.clock = clock
@@ -53,7 +58,11 @@ class DevicesApp:
         self.token_verifiers = {TOKEN_PREFIX: tokens}
         ingestor = Ingestor(db)
         areas = AreaRegistry.default()
-        registry = DeviceServicer(db, PageTokens(secret), areas, tokens, ingestor)
+        broker = BrokerAdmin(self.devices_settings.mqtt_url) if self.devices_settings.mqtt_url else None
+        registry = DeviceServicer(db, PageTokens(secret), areas, tokens, ingestor, broker)
+        if broker is not None:
+            self.adapter = MqttAdapter(self.devices_settings.mqtt_url, broker, ingestor)
+            self.adapter.start()
         self.jobs = JobRunner(db, areas)
         if self.run_jobs:
             self.jobs.start()
@@ -83,6 +92,8 @@ class DevicesApp:
         ]
 
     async def stop(self) -> None:
+        if self.adapter is not None:
+            await self.adapter.stop()
         if self.jobs is not None:
             await self.jobs.stop()
         if self.db is not None:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC
 
+import aiomqtt
 import grpc
 from sqlalchemy import ColumnElement, select
 
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
 from cityos_devices import credentials, domain
 from cityos_devices.models import DeviceModelRow, DeviceRow
+from cityos_devices.mqtt import BrokerAdmin, BrokerError
 from cityos_devices.telemetry import Ingestor
 from cityos_platform.areas import AreaRegistry, cell_for
 from cityos_platform.db import Database, Tx
-from cityos_platform.errors import Aborted, AlreadyExists, InvalidArgument
+from cityos_platform.errors import Aborted, AlreadyExists, InvalidArgument, Unavailable
 from cityos_platform.idempotency import idempotent
 from cityos_platform.interceptor import current_call
 from cityos_platform.paging import PageTokens, page_size
@@ -50,7 +52,9 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
         areas: AreaRegistry,
         tokens: credentials.DeviceTokenVerifier,
         ingestor: Ingestor,
+        broker: BrokerAdmin | None = None,
     ) -> None:
+        self.broker = broker
         self.db = db
         self.page_tokens = page_tokens
         self.areas = areas
@@ -435,11 +439,24 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
             row.etag = uuid.uuid4().hex[:16]
             row.update_time = tx.now
             await credentials.revoke(tx, row.device_id)
+            await self._broker(self.broker.revoke_device(row.device_id) if self.broker else None)
             device = self._emit(tx, "decommissioned", row, interval)
         self._forget(row.device_id)
         return device
 
     # -- credentials ---------------------------------------------------------------------------------
+
+    async def _broker(self, operation: Awaitable[None] | None) -> None:
+        if operation is None:
+            return
+        try:
+            await operation
+        except (BrokerError, aiomqtt.MqttError, OSError, TimeoutError) as error:
+            raise Unavailable(
+                "the MQTT broker did not take the credential change; nothing was changed, try again",
+                reason="BROKER_UNAVAILABLE",
+                retry_after_s=5,
+            ) from error
 
     async def IssueDeviceToken(
         self, request: devices_pb2.IssueDeviceTokenRequest, context: grpc.aio.ServicerContext
@@ -449,6 +466,10 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
             if row.status == devices_pb2.DEVICE_STATUS_DECOMMISSIONED:
                 raise InvalidArgument.field("device", "the device is decommissioned")
             issued = credentials.new_token(row.device_id, tx)
+            # Before commit: if the broker cannot take the new password, no token exists either.
+            await self._broker(
+                self.broker.provision_device(row.device_id, issued.token) if self.broker else None
+            )
         return devices_pb2.IssueDeviceTokenResponse(token=issued.token, credential_id=issued.credential_id)
 
     async def RevokeDeviceCredentials(
@@ -457,5 +478,8 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
         async with self.db.transaction() as tx:
             row = await self._writable(tx, request.device, "device")
             revoked = await credentials.revoke(tx, row.device_id, request.credential_id)
+            # The broker knows one password (the latest token's): any revocation removes broker access
+            # until the next IssueDeviceToken, so a revoked token never keeps working over MQTT.
+            await self._broker(self.broker.revoke_device(row.device_id) if self.broker else None)
         self._forget(row.device_id)
         return devices_pb2.RevokeDeviceCredentialsResponse(revoked=revoked)

@@ -1,0 +1,13 @@
+"""Settings of the devices service beyond the platform's (`CITYOS_DEVICES_*`)."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DevicesSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CITYOS_DEVICES_", extra="ignore", frozen=True)
+
+    # The MQTT broker's admin endpoint, `mqtt://<dynsec admin>:<password>@host:1883`; empty turns the
+    # MQTT ingress (broker provisioning and the adapter) off.
+    mqtt_url: str = ""
