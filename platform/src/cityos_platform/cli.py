@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Annotated
 
@@ -102,6 +103,34 @@ def token(
             client=subject if service else "cityos-cli",
         )
     )
+
+
+@app.command()
+def simulate(
+    speedup: Annotated[float, typer.Option(help="how many times faster than real devices report")] = 30.0,
+) -> None:
+    """Run every installed device simulator against the running embedded city (as `cityos dev` does).
+
+    Reads CITYOS_ENDPOINTS (JSON: service -> address) and CITYOS_SIMULATOR_TOKEN from the environment."""
+    import json
+    import os
+    from importlib.metadata import entry_points
+    from pathlib import Path
+
+    settings = _settings()
+    configure_logging("simulator", settings.log_level, settings.log_format)
+    endpoints = json.loads(os.environ.get("CITYOS_ENDPOINTS", "{}"))
+    token = os.environ.get("CITYOS_SIMULATOR_TOKEN", "")
+    runners = [entry.load() for entry in entry_points(group="cityos.simulators") if entry.name in endpoints]
+    if not runners or not token:
+        err.print("no simulator to run (needs CITYOS_ENDPOINTS with its service, and CITYOS_SIMULATOR_TOKEN)")
+        raise typer.Exit(2)
+
+    async def run_all() -> None:
+        await asyncio.gather(*(run(endpoints, token, Path(settings.var_dir), speedup) for run in runners))
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_all())
 
 
 @app.command()

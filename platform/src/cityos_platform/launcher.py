@@ -8,6 +8,7 @@ pointer to its log, so a broken city never looks alive.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from types import FrameType
 
@@ -28,13 +30,14 @@ from cityos_platform.issuer import DevIssuer, DevIssuerServer
 from cityos_platform.registry import ServiceDefinition, discover
 
 READY_TIMEOUT_S = 120.0
+SIMULATOR_GROUP = "cityos.simulators"
 DEV_ISSUER_PORT = 8099  # matches the default CITYOS_AUTH_ISSUER
 
 
 @dataclass
 class Child:
-    definition: ServiceDefinition
-    port: int
+    name: str
+    port: int  # 0 for a process that serves nothing (the simulator)
     log_path: Path
     process: subprocess.Popen[bytes]
 
@@ -82,20 +85,36 @@ class Launcher:
 
     def spawn(self, definition: ServiceDefinition) -> Child:
         port = definition.dev_port if port_is_free(definition.dev_port) else free_port()
+        env = {**os.environ, "CITYOS_PORT": str(port), "CITYOS_HOST": "127.0.0.1"}
+        return self._start(definition.name, port, ["serve", definition.name], env)
+
+    def _start(self, name: str, port: int, arguments: list[str], env: dict[str, str]) -> Child:
         log_dir = self.settings.var_dir / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = log_dir / f"{definition.name}.log"
-        env = {**os.environ, "CITYOS_PORT": str(port), "CITYOS_HOST": "127.0.0.1"}
+        log_path = log_dir / f"{name}.log"
         with log_path.open("ab") as log_file:
             process = subprocess.Popen(
-                [sys.executable, "-m", "cityos_platform.cli", "serve", definition.name],
+                [sys.executable, "-m", "cityos_platform.cli", *arguments],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
             )
-        return Child(definition, port, log_path, process)
+        return Child(name, port, log_path, process)
+
+    def start_simulator(self, issuer: DevIssuerServer) -> Child | None:
+        """The device simulators of the installed services, once the city is up (seeds demo devices
+        on first run and keeps them reporting)."""
+        simulators = [entry.name for entry in entry_points(group=SIMULATOR_GROUP)]
+        endpoints = {child.name: child.address for child in self.children}
+        if not any(name in endpoints for name in simulators):
+            return None
+        token = issuer.issuer.mint(
+            "simulator", "city-office", ["city-admin"], ttl_s=7 * 24 * 3600, client="simulator"
+        )
+        env = {**os.environ, "CITYOS_ENDPOINTS": json.dumps(endpoints), "CITYOS_SIMULATOR_TOKEN": token}
+        return self._start("simulator", 0, ["simulate"], env)
 
     def wait_ready(self, child: Child) -> bool:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -114,7 +133,8 @@ class Launcher:
         table.add_column("pid", justify="right")
         table.add_column("log")
         for child in self.children:
-            table.add_row(child.definition.name, child.address, str(child.process.pid), str(child.log_path))
+            endpoint = child.address if child.port else "(simulated devices)"
+            table.add_row(child.name, endpoint, str(child.process.pid), str(child.log_path))
         return table
 
     def stop_all(self) -> int:
@@ -164,11 +184,12 @@ class Launcher:
                 if not self.wait_ready(child):
                     if self.stop_requested:
                         break
-                    self.console.print(
-                        f"[red]{child.definition.name} did not become ready; see {child.log_path}[/red]"
-                    )
+                    self.console.print(f"[red]{child.name} did not become ready; see {child.log_path}[/red]")
                     return 1
             if not self.stop_requested:
+                simulator = self.start_simulator(issuer)
+                if simulator is not None:
+                    self.children.append(simulator)
                 self.console.print(self.endpoints_table())
                 token = issuer.issuer.mint("dev", "city-office", ["city-admin"], ttl_s=12 * 3600)
                 self.console.print(
@@ -176,7 +197,7 @@ class Launcher:
                 )
                 self.console.print(f"  export CITYOS_TOKEN={token}", markup=False, soft_wrap=True)
                 self.console.print("Every service answers gRPC health and reflection, e.g.:")
-                first = self.children[0]
+                first = next(child for child in self.children if child.port)
                 self.console.print(
                     f'  grpcurl -plaintext -H "authorization: Bearer $CITYOS_TOKEN" {first.address} list',
                     markup=False,
@@ -188,7 +209,7 @@ class Launcher:
                     code = child.process.poll()
                     if code is not None:
                         self.console.print(
-                            f"[red]{child.definition.name} exited with status {code}; "
+                            f"[red]{child.name} exited with status {code}; "
                             f"see {child.log_path}. Stopping the city.[/red]"
                         )
                         return 1

@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
-from cityos_devices.app import DevicesApp
 from google.protobuf import duration_pb2
 
 from cityos.common.v1 import resources_pb2
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
+from cityos_devices.app import DevicesApp
 from cityos_platform.clock import ManualClock
 from cityos_platform.config import load_settings
 from cityos_platform.testing.fixtures import authenticator_for, bearer

@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 import aiomqtt
 import grpc
 import pytest
-from cityos_devices.app import DevicesApp
-from cityos_devices.settings import DevicesSettings
 from google.protobuf import duration_pb2
 
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
+from cityos_devices.app import DevicesApp
+from cityos_devices.settings import DevicesSettings
 from cityos_platform.config import load_settings
 from cityos_platform.testing.fixtures import authenticator_for
 from services.devices.tests.conftest import Fleet
