@@ -63,6 +63,12 @@ class DeviceRow(OwnedMixin, LocatedMixin, Base):
     last_seen_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True, index=True)
     # The latest reported value of each metric (the reported side of the twin).
     reported: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reported_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The desired side of the twin, its version, and the version last handed to the device.
+    desired: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    desired_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    desired_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    delivered_desired_version: Mapped[int] = mapped_column(BigInteger, default=0)
     etag: Mapped[str] = mapped_column(String(32))
     create_time: Mapped[datetime] = mapped_column(UtcDateTime())
     update_time: Mapped[datetime] = mapped_column(UtcDateTime())

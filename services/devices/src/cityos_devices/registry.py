@@ -11,7 +11,7 @@ import grpc
 from sqlalchemy import ColumnElement, select
 
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
-from cityos_devices import credentials, domain
+from cityos_devices import credentials, domain, twin
 from cityos_devices.models import DeviceModelRow, DeviceRow
 from cityos_devices.mqtt import BrokerAdmin, BrokerError
 from cityos_devices.telemetry import Ingestor
@@ -173,6 +173,11 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
             last_rsrp_dbm=None,
             last_seen_time=None,
             reported={},
+            reported_version=0,
+            desired={},
+            desired_version=0,
+            desired_time=None,
+            delivered_desired_version=0,
             latitude=device.location.latitude,
             longitude=device.location.longitude,
             area_cell=cell_for(
@@ -443,6 +448,73 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
             device = self._emit(tx, "decommissioned", row, interval)
         self._forget(row.device_id)
         return device
+
+    # -- twin and statistics -------------------------------------------------------------------------
+
+    async def UpdateDesiredState(
+        self, request: devices_pb2.UpdateDesiredStateRequest, context: grpc.aio.ServicerContext
+    ) -> devices_pb2.Twin:
+        async with self.db.transaction() as tx:
+            row = await self._writable(tx, request.device, "device")
+            if row.status == devices_pb2.DEVICE_STATUS_DECOMMISSIONED:
+                raise InvalidArgument.field("device", "the device is decommissioned")
+            updated = twin.apply_patch(tx, row, request.patch, request.expected_desired_version)
+            row.update_time = tx.now
+            tx.emit(
+                "devices.twin.desired_changed",
+                updated,
+                subject=updated.device,
+                owner_organization=row.owner_organization,
+                area_cell=row.area_cell,
+            )
+            return updated
+
+    async def GetTwin(
+        self, request: devices_pb2.GetTwinRequest, context: grpc.aio.ServicerContext
+    ) -> devices_pb2.Twin:
+        device_id = domain.name_id(request.device, "devices", "device")
+        async with self.db.read() as session:
+            row = await session.get(DeviceRow, device_id)
+        if row is None or not can_reach(row, current_call().principal):
+            raise not_found("device", request.device)
+        return twin.to_proto(row)
+
+    async def GetFleetStatistics(
+        self, request: devices_pb2.GetFleetStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> devices_pb2.FleetStatistics:
+        caller = current_call().principal
+        statement = (
+            select(DeviceRow, DeviceModelRow.reporting_interval_s)
+            .join(DeviceModelRow, DeviceModelRow.model_id == DeviceRow.model_id)
+            .where(
+                visible_clause(DeviceRow, caller),
+                DeviceRow.status != int(devices_pb2.DEVICE_STATUS_DECOMMISSIONED),
+            )
+        )
+        if request.organization:
+            org = request.organization
+            statement = statement.where(
+                (DeviceRow.owner_organization == org)
+                | (DeviceRow.operator_organization == org)
+                | (DeviceRow.maintainer_organization == org)
+            )
+        stats = devices_pb2.FleetStatistics()
+        now = self.db.clock.now()
+        reachable = seen = 0
+        async with self.db.read() as session:
+            for row, interval in (await session.execute(statement)).all():
+                state = domain.connectivity(row, interval, now)
+                stats.total += 1
+                stats.by_type[row.type] += 1
+                stats.by_status[devices_pb2.DeviceStatus.Name(row.status)] += 1  # type: ignore[arg-type]
+                stats.by_radio[devices_pb2.RadioType.Name(row.radio_type)] += 1  # type: ignore[arg-type]
+                stats.by_firmware[row.firmware_version or "unknown"] += 1
+                stats.by_connectivity[devices_pb2.Connectivity.Name(state)] += 1  # type: ignore[arg-type]
+                if state != devices_pb2.CONNECTIVITY_NEVER_SEEN:
+                    seen += 1
+                    reachable += state in (devices_pb2.CONNECTIVITY_ONLINE, devices_pb2.CONNECTIVITY_SLEEPING)
+        stats.online_ratio = reachable / seen if seen else 0.0
+        return stats
 
     # -- credentials ---------------------------------------------------------------------------------
 

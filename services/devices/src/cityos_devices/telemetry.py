@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
-from cityos_devices import domain
+from cityos_devices import domain, twin
 from cityos_devices.commands import deliver
 from cityos_devices.models import DeviceModelRow, DeviceRow, TelemetryRow
 from cityos_platform.auth import Principal
@@ -170,6 +170,10 @@ class Ingestor:
             await self._update_twin(tx, device_id, prepared.latest, radio)
             # The device is awake right now: hand over what waited for it.
             response.commands.extend(await deliver(tx, device_id))
+            device = await tx.session.get(DeviceRow, device_id)
+            pending = twin.pending_for_device(device) if device is not None else None
+            if pending is not None:
+                response.twin.CopyFrom(pending)
         response.accepted = stored
         response.duplicates = prepared.duplicates + len(prepared.rows) - stored
         return response
@@ -249,11 +253,15 @@ class Ingestor:
             row.status = int(devices_pb2.DEVICE_STATUS_ACTIVE)
         if latest:
             reported = dict(row.reported)
+            changed = False
             for metric, (when, value) in latest.items():
                 known = reported.get(metric)
                 if known is None or known["time"] <= when.isoformat():
+                    changed = changed or known is None or known["value"] != value
                     reported[metric] = {"value": value, "time": when.isoformat()}
             row.reported = reported
+            if changed:
+                row.reported_version += 1
         if radio is not None and radio.ByteSize():
             row.last_radio = json_format.MessageToDict(radio, preserving_proto_field_name=True)
             row.last_rsrp_dbm = radio.rsrp_dbm

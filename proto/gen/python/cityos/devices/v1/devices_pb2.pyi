@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -1152,6 +1153,7 @@ class ReportResponse(_message.Message):
     DUPLICATES_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
     COMMANDS_FIELD_NUMBER: _builtins.int
+    TWIN_FIELD_NUMBER: _builtins.int
     accepted: _builtins.int
     """Readings stored by this call."""
     duplicates: _builtins.int
@@ -1166,6 +1168,10 @@ class ReportResponse(_message.Message):
         each with AckCommand.
         """
 
+    @_builtins.property
+    def twin(self) -> Global___Twin:
+        """The desired state, when it changed since it was last delivered to this device."""
+
     def __init__(
         self,
         *,
@@ -1173,14 +1179,299 @@ class ReportResponse(_message.Message):
         duplicates: _builtins.int = ...,
         rejected: _abc.Iterable[Global___RejectedReading] | None = ...,
         commands: _abc.Iterable[Global___Command] | None = ...,
+        twin: Global___Twin | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["twin", b"twin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "commands", b"commands", "duplicates", b"duplicates", "rejected", b"rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "commands", b"commands", "duplicates", b"duplicates", "rejected", b"rejected", "twin", b"twin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportResponse: _TypeAlias = ReportResponse  # noqa: Y015
+
+@_typing.final
+class Twin(_message.Message):
+    """The device twin: what operators want (desired) and what the device last said (reported)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    DESIRED_FIELD_NUMBER: _builtins.int
+    DESIRED_VERSION_FIELD_NUMBER: _builtins.int
+    DESIRED_TIME_FIELD_NUMBER: _builtins.int
+    REPORTED_FIELD_NUMBER: _builtins.int
+    REPORTED_VERSION_FIELD_NUMBER: _builtins.int
+    DELIVERED_DESIRED_VERSION_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """`devices/{device}`."""
+    desired_version: _builtins.int
+    """Bumped by every change of the desired state."""
+    reported_version: _builtins.int
+    """Output only: bumped by every uplink that changed a reported value."""
+    delivered_desired_version: _builtins.int
+    """Output only: the desired version last delivered to the device."""
+    @_builtins.property
+    def desired(self) -> _struct_pb2.Struct:
+        """The desired state; the device applies it and reports back."""
+
+    @_builtins.property
+    def desired_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only: when the desired state last changed."""
+
+    @_builtins.property
+    def reported(self) -> _struct_pb2.Struct:
+        """Output only: the latest value of each reported metric."""
+
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+        desired: _struct_pb2.Struct | None = ...,
+        desired_version: _builtins.int = ...,
+        desired_time: _timestamp_pb2.Timestamp | None = ...,
+        reported: _struct_pb2.Struct | None = ...,
+        reported_version: _builtins.int = ...,
+        delivered_desired_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "desired_time", b"desired_time", "reported", b"reported"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered_desired_version", b"delivered_desired_version", "desired", b"desired", "desired_time", b"desired_time", "desired_version", b"desired_version", "device", b"device", "reported", b"reported", "reported_version", b"reported_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Twin: _TypeAlias = Twin  # noqa: Y015
+
+@_typing.final
+class UpdateDesiredStateRequest(_message.Message):
+    """The request of UpdateDesiredState."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    PATCH_FIELD_NUMBER: _builtins.int
+    EXPECTED_DESIRED_VERSION_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """`devices/{device}`."""
+    expected_desired_version: _builtins.int
+    """Refuse the change (ABORTED) unless the desired version is still this one; 0 skips the check."""
+    @_builtins.property
+    def patch(self) -> _struct_pb2.Struct:
+        """Keys to set (a null value removes the key); at most 64 keys, 16 KiB in JSON."""
+
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+        patch: _struct_pb2.Struct | None = ...,
+        expected_desired_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["patch", b"patch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "expected_desired_version", b"expected_desired_version", "patch", b"patch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateDesiredStateRequest: _TypeAlias = UpdateDesiredStateRequest  # noqa: Y015
+
+@_typing.final
+class GetTwinRequest(_message.Message):
+    """The request of GetTwin."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """`devices/{device}`."""
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTwinRequest: _TypeAlias = GetTwinRequest  # noqa: Y015
+
+@_typing.final
+class GetFleetStatisticsRequest(_message.Message):
+    """The request of GetFleetStatistics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    organization: _builtins.str
+    """Only devices owned, operated or maintained by this organization (within what the caller sees)."""
+    def __init__(
+        self,
+        *,
+        organization: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFleetStatisticsRequest: _TypeAlias = GetFleetStatisticsRequest  # noqa: Y015
+
+@_typing.final
+class FleetStatistics(_message.Message):
+    """Fleet counts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ByTypeEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ByStatusEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ByRadioEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ByFirmwareEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ByConnectivityEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    BY_TYPE_FIELD_NUMBER: _builtins.int
+    BY_STATUS_FIELD_NUMBER: _builtins.int
+    BY_RADIO_FIELD_NUMBER: _builtins.int
+    BY_FIRMWARE_FIELD_NUMBER: _builtins.int
+    BY_CONNECTIVITY_FIELD_NUMBER: _builtins.int
+    ONLINE_RATIO_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """Devices the caller sees (decommissioned ones excluded)."""
+    online_ratio: _builtins.float
+    """Online or sleeping (reachable as designed) over all that have reported at least once."""
+    @_builtins.property
+    def by_type(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """By device type."""
+
+    @_builtins.property
+    def by_status(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """By lifecycle status name (e.g. `DEVICE_STATUS_ACTIVE`)."""
+
+    @_builtins.property
+    def by_radio(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """By radio type name (e.g. `RADIO_TYPE_NB_IOT`)."""
+
+    @_builtins.property
+    def by_firmware(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """By firmware version."""
+
+    @_builtins.property
+    def by_connectivity(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """By derived connectivity name (e.g. `CONNECTIVITY_SLEEPING`)."""
+
+    def __init__(
+        self,
+        *,
+        total: _builtins.int = ...,
+        by_type: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        by_status: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        by_radio: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        by_firmware: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        by_connectivity: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        online_ratio: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_connectivity", b"by_connectivity", "by_firmware", b"by_firmware", "by_radio", b"by_radio", "by_status", b"by_status", "by_type", b"by_type", "online_ratio", b"online_ratio", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FleetStatistics: _TypeAlias = FleetStatistics  # noqa: Y015
 
 @_typing.final
 class Command(_message.Message):

@@ -86,6 +86,21 @@ class DeviceServiceStub(object):
                 request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.IssueDeviceTokenRequest.SerializeToString,
                 response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.IssueDeviceTokenResponse.FromString,
                 _registered_method=True)
+        self.UpdateDesiredState = channel.unary_unary(
+                '/cityos.devices.v1.DeviceService/UpdateDesiredState',
+                request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.UpdateDesiredStateRequest.SerializeToString,
+                response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.Twin.FromString,
+                _registered_method=True)
+        self.GetTwin = channel.unary_unary(
+                '/cityos.devices.v1.DeviceService/GetTwin',
+                request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.GetTwinRequest.SerializeToString,
+                response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.Twin.FromString,
+                _registered_method=True)
+        self.GetFleetStatistics = channel.unary_unary(
+                '/cityos.devices.v1.DeviceService/GetFleetStatistics',
+                request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.GetFleetStatisticsRequest.SerializeToString,
+                response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.FleetStatistics.FromString,
+                _registered_method=True)
         self.RevokeDeviceCredentials = channel.unary_unary(
                 '/cityos.devices.v1.DeviceService/RevokeDeviceCredentials',
                 request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.RevokeDeviceCredentialsRequest.SerializeToString,
@@ -169,6 +184,28 @@ class DeviceServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateDesiredState(self, request, context):
+        """Changes the desired side of a device's twin (a merge: a null value removes a key). The device
+        gets the new desired state with the answer to its next uplink.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTwin(self, request, context):
+        """Gets a device's twin: desired and reported state with their versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFleetStatistics(self, request, context):
+        """Counts of the caller's fleet by type, status, radio and firmware, and the share online.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RevokeDeviceCredentials(self, request, context):
         """Revokes every credential of a device, or one of them.
         """
@@ -228,6 +265,21 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.IssueDeviceToken,
                     request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.IssueDeviceTokenRequest.FromString,
                     response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.IssueDeviceTokenResponse.SerializeToString,
+            ),
+            'UpdateDesiredState': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDesiredState,
+                    request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.UpdateDesiredStateRequest.FromString,
+                    response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.Twin.SerializeToString,
+            ),
+            'GetTwin': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTwin,
+                    request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.GetTwinRequest.FromString,
+                    response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.Twin.SerializeToString,
+            ),
+            'GetFleetStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFleetStatistics,
+                    request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.GetFleetStatisticsRequest.FromString,
+                    response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.FleetStatistics.SerializeToString,
             ),
             'RevokeDeviceCredentials': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeDeviceCredentials,
@@ -507,6 +559,87 @@ class DeviceService(object):
             '/cityos.devices.v1.DeviceService/IssueDeviceToken',
             cityos_dot_devices_dot_v1_dot_devices__pb2.IssueDeviceTokenRequest.SerializeToString,
             cityos_dot_devices_dot_v1_dot_devices__pb2.IssueDeviceTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDesiredState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cityos.devices.v1.DeviceService/UpdateDesiredState',
+            cityos_dot_devices_dot_v1_dot_devices__pb2.UpdateDesiredStateRequest.SerializeToString,
+            cityos_dot_devices_dot_v1_dot_devices__pb2.Twin.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTwin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cityos.devices.v1.DeviceService/GetTwin',
+            cityos_dot_devices_dot_v1_dot_devices__pb2.GetTwinRequest.SerializeToString,
+            cityos_dot_devices_dot_v1_dot_devices__pb2.Twin.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFleetStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cityos.devices.v1.DeviceService/GetFleetStatistics',
+            cityos_dot_devices_dot_v1_dot_devices__pb2.GetFleetStatisticsRequest.SerializeToString,
+            cityos_dot_devices_dot_v1_dot_devices__pb2.FleetStatistics.FromString,
             options,
             channel_credentials,
             insecure,

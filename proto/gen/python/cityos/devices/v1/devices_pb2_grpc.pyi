@@ -57,6 +57,14 @@ class DeviceServiceStub:
     """Issues a new access token for a device. The token is returned once and stored only as a hash;
     earlier tokens stay valid until revoked, so a device can be rotated without downtime.
     """
+    UpdateDesiredState: _grpc.UnaryUnaryMultiCallable[_devices_pb2.UpdateDesiredStateRequest, _devices_pb2.Twin]
+    """Changes the desired side of a device's twin (a merge: a null value removes a key). The device
+    gets the new desired state with the answer to its next uplink.
+    """
+    GetTwin: _grpc.UnaryUnaryMultiCallable[_devices_pb2.GetTwinRequest, _devices_pb2.Twin]
+    """Gets a device's twin: desired and reported state with their versions."""
+    GetFleetStatistics: _grpc.UnaryUnaryMultiCallable[_devices_pb2.GetFleetStatisticsRequest, _devices_pb2.FleetStatistics]
+    """Counts of the caller's fleet by type, status, radio and firmware, and the share online."""
     RevokeDeviceCredentials: _grpc.UnaryUnaryMultiCallable[_devices_pb2.RevokeDeviceCredentialsRequest, _devices_pb2.RevokeDeviceCredentialsResponse]
     """Revokes every credential of a device, or one of them."""
 
@@ -89,6 +97,14 @@ class DeviceServiceAsyncStub(DeviceServiceStub):
     """Issues a new access token for a device. The token is returned once and stored only as a hash;
     earlier tokens stay valid until revoked, so a device can be rotated without downtime.
     """
+    UpdateDesiredState: _aio.UnaryUnaryMultiCallable[_devices_pb2.UpdateDesiredStateRequest, _devices_pb2.Twin]  # type: ignore[assignment]
+    """Changes the desired side of a device's twin (a merge: a null value removes a key). The device
+    gets the new desired state with the answer to its next uplink.
+    """
+    GetTwin: _aio.UnaryUnaryMultiCallable[_devices_pb2.GetTwinRequest, _devices_pb2.Twin]  # type: ignore[assignment]
+    """Gets a device's twin: desired and reported state with their versions."""
+    GetFleetStatistics: _aio.UnaryUnaryMultiCallable[_devices_pb2.GetFleetStatisticsRequest, _devices_pb2.FleetStatistics]  # type: ignore[assignment]
+    """Counts of the caller's fleet by type, status, radio and firmware, and the share online."""
     RevokeDeviceCredentials: _aio.UnaryUnaryMultiCallable[_devices_pb2.RevokeDeviceCredentialsRequest, _devices_pb2.RevokeDeviceCredentialsResponse]  # type: ignore[assignment]
     """Revokes every credential of a device, or one of them."""
 
@@ -178,6 +194,32 @@ class DeviceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Issues a new access token for a device. The token is returned once and stored only as a hash;
         earlier tokens stay valid until revoked, so a device can be rotated without downtime.
         """
+
+    @_abc_1.abstractmethod
+    def UpdateDesiredState(
+        self,
+        request: _devices_pb2.UpdateDesiredStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_devices_pb2.Twin, _abc.Awaitable[_devices_pb2.Twin]]:
+        """Changes the desired side of a device's twin (a merge: a null value removes a key). The device
+        gets the new desired state with the answer to its next uplink.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTwin(
+        self,
+        request: _devices_pb2.GetTwinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_devices_pb2.Twin, _abc.Awaitable[_devices_pb2.Twin]]:
+        """Gets a device's twin: desired and reported state with their versions."""
+
+    @_abc_1.abstractmethod
+    def GetFleetStatistics(
+        self,
+        request: _devices_pb2.GetFleetStatisticsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_devices_pb2.FleetStatistics, _abc.Awaitable[_devices_pb2.FleetStatistics]]:
+        """Counts of the caller's fleet by type, status, radio and firmware, and the share online."""
 
     @_abc_1.abstractmethod
     def RevokeDeviceCredentials(
