@@ -215,3 +215,17 @@ async def test_ingest_acks_each_batch_once_durable_and_reports_rejections(fleet,
         async for _ in fleet.telemetry.Ingest(batches(), metadata=sensors["pk-a"], timeout=10):
             pass
     assert device_caller.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_the_spool_keeps_only_its_retention_window(fleet, sensors, clock):
+    from datetime import timedelta
+
+    from cityos_devices.telemetry import prune_spool
+
+    await report(fleet, "pk-a", sensors["pk-a"], [reading(n, at=clock.now()) for n in (1, 2, 3)])
+    clock.advance(hours=50)
+    await report(fleet, "pk-a", sensors["pk-a"], [reading(4, at=clock.now())])
+    clock.advance(hours=30)  # the first batch is now 80 h old, the second 30 h
+    assert await prune_spool(fleet.app.db, timedelta(hours=72), batch=2) == 3
+    assert [r.reading.sequence for r in await _feed(fleet)] == [4]
+    assert await prune_spool(fleet.app.db, timedelta(hours=72)) == 0

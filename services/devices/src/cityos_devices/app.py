@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
@@ -13,7 +14,7 @@ from cityos_devices.models import Base
 from cityos_devices.mqtt import BrokerAdmin, MqttAdapter
 from cityos_devices.registry import DeviceServicer
 from cityos_devices.settings import DevicesSettings
-from cityos_devices.telemetry import Ingestor, TelemetryServicer
+from cityos_devices.telemetry import Ingestor, SpoolPruner, TelemetryServicer
 from cityos_platform.areas import AreaRegistry
 from cityos_platform.authz import PrefixVerifier
 from cityos_platform.clock import SYSTEM_CLOCK, Clock
@@ -40,8 +41,9 @@ class DevicesApp:
     ) -> None:
         self.devices_settings = devices_settings or DevicesSettings()
         self.adapter: MqttAdapter | None = None
+        self.pruner: SpoolPruner | None = None
         self.settings = settings
-        self.run_jobs = run_jobs  # tests drive the job runner's ticks themselves
+        self.run_jobs = run_jobs  # tests drive the job runner and the spool pruner themselves
         self.clock = clock
         self.database_url = database_url or settings.database_url_for(NAME)
         self.db: Database | None = None
@@ -57,6 +59,9 @@ class DevicesApp:
         tokens = DeviceTokenVerifier(db)
         self.token_verifiers = {TOKEN_PREFIX: tokens}
         ingestor = Ingestor(db)
+        self.pruner = SpoolPruner(db, timedelta(hours=self.devices_settings.spool_retention_h))
+        if self.run_jobs:
+            self.pruner.start()
         areas = AreaRegistry.default()
         broker = BrokerAdmin(self.devices_settings.mqtt_url) if self.devices_settings.mqtt_url else None
         registry = DeviceServicer(db, PageTokens(secret), areas, tokens, ingestor, broker)
@@ -96,6 +101,8 @@ class DevicesApp:
             await self.adapter.stop()
         if self.jobs is not None:
             await self.jobs.stop()
+        if self.pruner is not None:
+            await self.pruner.stop()
         if self.db is not None:
             await self.db.close()
 

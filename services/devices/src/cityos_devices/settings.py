@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -11,3 +12,6 @@ class DevicesSettings(BaseSettings):
     # The MQTT broker's admin endpoint, `mqtt://<dynsec admin>:<password>@host:1883`; empty turns the
     # MQTT ingress (broker provisioning and the adapter) off.
     mqtt_url: str = ""
+
+    # How long accepted readings stay in the telemetry spool (the lake keeps the history; ADR-0004).
+    spool_retention_h: float = Field(default=72.0, gt=0, le=24 * 90)

@@ -8,16 +8,19 @@ caller gets its answer only after that transaction commits.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 from google.protobuf import json_format, timestamp_pb2
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -31,6 +34,8 @@ from cityos_platform.errors import FailedPrecondition, InvalidArgument, NotFound
 from cityos_platform.events import decode_cursor, encode_cursor, follow_ordered
 from cityos_platform.interceptor import current_call
 from cityos_platform.tenancy import is_city_wide, not_found
+
+log = logging.getLogger(__name__)
 
 MAX_READINGS = 1000
 MAX_INGEST_READINGS = 10_000
@@ -265,6 +270,51 @@ class Ingestor:
         if radio is not None and radio.ByteSize():
             row.last_radio = json_format.MessageToDict(radio, preserving_proto_field_name=True)
             row.last_rsrp_dbm = radio.rsrp_dbm
+
+
+async def prune_spool(db: Database, retention: timedelta, batch: int = 10_000) -> int:
+    """Delete spooled readings received before the retention window, oldest first; how many."""
+    cutoff = db.clock.now() - retention
+    removed = 0
+    while True:
+        async with db.transaction() as tx:
+            oldest = (
+                select(TelemetryRow.seq).where(TelemetryRow.received_time < cutoff).order_by(TelemetryRow.seq)
+            )
+            result = await tx.session.execute(
+                delete(TelemetryRow).where(TelemetryRow.seq.in_(oldest.limit(batch).scalar_subquery()))
+            )
+        count = int(result.rowcount or 0)  # type: ignore[attr-defined]
+        removed += count
+        if count < batch:
+            return removed
+
+
+class SpoolPruner:
+    """Runs `prune_spool` periodically in the service process."""
+
+    def __init__(self, db: Database, retention: timedelta, interval_s: float = 600.0) -> None:
+        self.db, self.retention, self.interval_s = db, retention, interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                removed = await prune_spool(self.db, self.retention)
+                if removed:
+                    log.info("pruned %d readings older than %s from the spool", removed, self.retention)
+            except Exception:
+                log.exception("spool pruning failed; retrying later")
+            await asyncio.sleep(self.interval_s)
 
 
 def _record(row: TelemetryRow) -> devices_pb2.TelemetryRecord:
