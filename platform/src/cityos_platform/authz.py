@@ -21,15 +21,23 @@ SUPERUSER_ROLE = "city-admin"
 
 # Verifies a service-specific opaque token (e.g. a device's access token) into a principal.
 PrefixVerifier = Callable[[str], Awaitable[Principal]]
+# Maps a verified TLS client certificate (PEM) to a principal (e.g. a device's certificate).
+CertificateVerifier = Callable[[bytes], Awaitable[Principal]]
 
 
 class Authenticator:
     """JWTs from the issuer, and opaque tokens some services issue themselves (device tokens), told
     apart by their prefix (`prefixed`, e.g. {"cdt_": the devices service's verifier})."""
 
-    def __init__(self, verifier: TokenVerifier, prefixed: Mapping[str, PrefixVerifier] | None = None) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        prefixed: Mapping[str, PrefixVerifier] | None = None,
+        certificate_verifier: CertificateVerifier | None = None,
+    ) -> None:
         self.verifier = verifier
         self.prefixed = dict(prefixed or {})
+        self.certificate_verifier = certificate_verifier
 
     @classmethod
     def from_settings(
@@ -37,6 +45,7 @@ class Authenticator:
         settings: Settings,
         clock: Clock = SYSTEM_CLOCK,
         prefixed: Mapping[str, PrefixVerifier] | None = None,
+        certificate_verifier: CertificateVerifier | None = None,
     ) -> Authenticator:
         jwks = JwksCache(
             url=settings.jwks_url, min_refresh_interval_s=settings.auth_jwks_refresh_s, clock=clock
@@ -44,11 +53,17 @@ class Authenticator:
         verifier = TokenVerifier(
             settings.auth_issuer, settings.auth_audience, jwks, leeway_s=settings.auth_leeway_s, clock=clock
         )
-        return cls(verifier, prefixed)
+        return cls(verifier, prefixed, certificate_verifier)
 
-    async def principal(self, metadata: Mapping[str, str | bytes]) -> Principal:
+    async def principal(
+        self, metadata: Mapping[str, str | bytes], peer_certificate: bytes | None = None
+    ) -> Principal:
+        """The caller: its bearer token; else its TLS client certificate (mutual TLS, already verified
+        against the server's client CA) when a service maps certificates to principals; else anonymous."""
         token = bearer_token(metadata)
         if token is None:
+            if peer_certificate is not None and self.certificate_verifier is not None:
+                return await self.certificate_verifier(peer_certificate)
             return Principal.anonymous()
         for prefix, verify in self.prefixed.items():
             if token.startswith(prefix):

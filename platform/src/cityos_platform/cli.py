@@ -56,8 +56,11 @@ def serve_command(name: Annotated[str, typer.Argument(help="the service to serve
 async def _serve(name: str, service_app: object, settings: Settings) -> None:
     mounts = await service_app.start()  # type: ignore[attr-defined]
     try:
-        prefixed = getattr(service_app, "token_verifiers", None)
-        authenticator = Authenticator.from_settings(settings, prefixed=prefixed)
+        authenticator = Authenticator.from_settings(
+            settings,
+            prefixed=getattr(service_app, "token_verifiers", None),
+            certificate_verifier=getattr(service_app, "certificate_verifier", None),
+        )
         running = await serve(mounts, settings, label=name, authenticator=authenticator)
         await serve_until_signalled(running)
     finally:

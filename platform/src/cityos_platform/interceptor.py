@@ -71,6 +71,7 @@ class CallInfo:
     peer: str
     metadata: Mapping[str, str | bytes]
     principal: Principal = field(default_factory=Principal.anonymous)
+    peer_certificate: bytes | None = None  # the TLS client certificate (PEM), under mutual TLS
     resource: str = ""
     code: grpc.StatusCode = grpc.StatusCode.OK
     error_id: str = ""
@@ -286,14 +287,23 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _begin(self, policy: Policy, context: grpc.aio.ServicerContext) -> CallInfo:
         metadata = {key: value for key, value in (context.invocation_metadata() or ())}
         peer = context.peer() or ""
-        return CallInfo(policy=policy, caller=peer_host(peer), peer=peer, metadata=metadata)
+        certificates = (
+            (context.auth_context() or {}).get("x509_pem_cert") if self.settings.tls_enabled else None
+        )
+        return CallInfo(
+            policy=policy,
+            caller=peer_host(peer),
+            peer=peer,
+            metadata=metadata,
+            peer_certificate=certificates[0] if certificates else None,
+        )
 
     async def _admit(self, info: CallInfo, request: Any, *, stream: bool) -> Any:
         """Authenticate, authorize, check the size, then take a unary or stream slot (taken last, so
         nothing before it needs to give one back)."""
         policy = info.policy
         if self.authenticator is not None:
-            info.principal = await self.authenticator.principal(info.metadata)
+            info.principal = await self.authenticator.principal(info.metadata, info.peer_certificate)
             if not info.principal.is_anonymous:
                 info.caller = info.principal.subject
         authorize(policy, info.principal)

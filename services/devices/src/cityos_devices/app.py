@@ -7,8 +7,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
+from cityos_devices.ca import DeviceCA
 from cityos_devices.commands import CommandServicer
-from cityos_devices.credentials import TOKEN_PREFIX, DeviceTokenVerifier
+from cityos_devices.credentials import TOKEN_PREFIX, DeviceCertificateVerifier, DeviceTokenVerifier
 from cityos_devices.jobs import JobRunner, JobServicer
 from cityos_devices.models import Base
 from cityos_devices.mqtt import BrokerAdmin, MqttAdapter
@@ -42,6 +43,7 @@ class DevicesApp:
         self.devices_settings = devices_settings or DevicesSettings()
         self.adapter: MqttAdapter | None = None
         self.pruner: SpoolPruner | None = None
+        self.certificate_verifier: DeviceCertificateVerifier | None = None
         self.settings = settings
         self.run_jobs = run_jobs  # tests drive the job runner and the spool pruner themselves
         self.clock = clock
@@ -64,7 +66,13 @@ class DevicesApp:
             self.pruner.start()
         areas = AreaRegistry.default()
         broker = BrokerAdmin(self.devices_settings.mqtt_url) if self.devices_settings.mqtt_url else None
-        registry = DeviceServicer(db, PageTokens(secret), areas, tokens, ingestor, broker)
+        var = Path(self.settings.var_dir)
+        ca = DeviceCA.load_or_create(
+            Path(self.devices_settings.ca_cert_file or var / "devices-ca" / "ca.pem"),
+            Path(self.devices_settings.ca_key_file or var / "devices-ca" / "ca-key.pem"),
+        )
+        self.certificate_verifier = DeviceCertificateVerifier(db)
+        registry = DeviceServicer(db, PageTokens(secret), areas, tokens, ingestor, broker, ca)
         if broker is not None:
             self.adapter = MqttAdapter(self.devices_settings.mqtt_url, broker, ingestor)
             self.adapter.start()

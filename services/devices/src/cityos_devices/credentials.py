@@ -42,7 +42,11 @@ def new_token(device_id: str, tx: Tx) -> IssuedToken:
     secret = secrets.token_urlsafe(32)
     tx.session.add(
         CredentialRow(
-            credential_id=credential_id, device_id=device_id, secret_sha256=sha256(secret), create_time=tx.now
+            credential_id=credential_id,
+            device_id=device_id,
+            secret_sha256=sha256(secret),
+            kind="token",
+            create_time=tx.now,
         )
     )
     return IssuedToken(credential_id, f"{TOKEN_PREFIX}{credential_id}_{secret}")
@@ -84,7 +88,7 @@ class DeviceTokenVerifier:
                 await session.execute(
                     select(CredentialRow, DeviceRow)
                     .join(DeviceRow, DeviceRow.device_id == CredentialRow.device_id)
-                    .where(CredentialRow.credential_id == credential_id)
+                    .where(CredentialRow.credential_id == credential_id, CredentialRow.kind == "token")
                 )
             ).first()
         if row is None or not hmac.compare_digest(row[0].secret_sha256, sha256(secret)):
@@ -101,3 +105,57 @@ class DeviceTokenVerifier:
         )
         self._cache[token] = (principal, time.monotonic())
         return principal
+
+
+def add_certificate(tx: Tx, device_id: str, certificate_fingerprint: str) -> str:
+    """Record a signed certificate as a credential of the device; its id."""
+    credential_id = secrets.token_hex(8)
+    tx.session.add(
+        CredentialRow(
+            credential_id=credential_id,
+            device_id=device_id,
+            secret_sha256=certificate_fingerprint,
+            kind="x509",
+            create_time=tx.now,
+        )
+    )
+    return credential_id
+
+
+class DeviceCertificateVerifier:
+    """The device a TLS client certificate (already verified against the device CA by TLS) belongs
+    to, unless that certificate was revoked or the device decommissioned."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def __call__(self, pem: bytes) -> Principal:
+        from cryptography import x509
+
+        from cityos_devices.ca import fingerprint
+
+        certificate = x509.load_pem_x509_certificate(pem)
+        async with self.db.read() as session:
+            row = (
+                await session.execute(
+                    select(CredentialRow, DeviceRow)
+                    .join(DeviceRow, DeviceRow.device_id == CredentialRow.device_id)
+                    .where(
+                        CredentialRow.secret_sha256 == fingerprint(certificate), CredentialRow.kind == "x509"
+                    )
+                )
+            ).first()
+        if row is None:
+            raise Unauthenticated(
+                "the client certificate is not a device credential", reason="DEVICE_CERT_UNKNOWN"
+            )
+        credential, device = row
+        if credential.revoke_time is not None or device.status == devices_pb2.DEVICE_STATUS_DECOMMISSIONED:
+            raise Unauthenticated("the device certificate was revoked", reason="DEVICE_CERT_REVOKED")
+        return Principal(
+            subject=f"devices/{device.device_id}",
+            organization=device.owner_organization,
+            roles=frozenset({"device"}),
+            client=credential.credential_id,
+            kind="device",
+        )

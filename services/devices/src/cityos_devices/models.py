@@ -77,13 +77,16 @@ class DeviceRow(OwnedMixin, LocatedMixin, Base):
 
 
 class CredentialRow(Base):
-    """A device access token: only the SHA-256 of its secret is kept."""
+    """A device credential: an access token (only the SHA-256 of its secret is kept) or an X.509
+    certificate signed by the device CA (its fingerprint)."""
 
     __tablename__ = "device_credentials"
 
     credential_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"), index=True)
-    secret_sha256: Mapped[str] = mapped_column(String(64))
+    # A token's: SHA-256 of its secret. A certificate's: SHA-256 of its DER encoding.
+    secret_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(8), default="token")
     create_time: Mapped[datetime] = mapped_column(UtcDateTime())
     revoke_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Sequence
-from datetime import UTC
+from datetime import UTC, timedelta
 
 import aiomqtt
 import grpc
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import ColumnElement, select
 
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
 from cityos_devices import credentials, domain, twin
+from cityos_devices.ca import DeviceCA, fingerprint
 from cityos_devices.models import DeviceModelRow, DeviceRow
 from cityos_devices.mqtt import BrokerAdmin, BrokerError
 from cityos_devices.telemetry import Ingestor
 from cityos_platform.areas import AreaRegistry, cell_for
 from cityos_platform.db import Database, Tx
-from cityos_platform.errors import Aborted, AlreadyExists, InvalidArgument, Unavailable
+from cityos_platform.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from cityos_platform.idempotency import idempotent
 from cityos_platform.interceptor import current_call
 from cityos_platform.paging import PageTokens, page_size
@@ -53,8 +55,10 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
         tokens: credentials.DeviceTokenVerifier,
         ingestor: Ingestor,
         broker: BrokerAdmin | None = None,
+        ca: DeviceCA | None = None,
     ) -> None:
         self.broker = broker
+        self.ca = ca
         self.db = db
         self.page_tokens = page_tokens
         self.areas = areas
@@ -543,6 +547,32 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
                 self.broker.provision_device(row.device_id, issued.token) if self.broker else None
             )
         return devices_pb2.IssueDeviceTokenResponse(token=issued.token, credential_id=issued.credential_id)
+
+    async def SignDeviceCertificate(
+        self, request: devices_pb2.SignDeviceCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> devices_pb2.SignDeviceCertificateResponse:
+        if self.ca is None:
+            raise FailedPrecondition("this deployment has no device CA configured", reason="NO_DEVICE_CA")
+        validity = (
+            timedelta(seconds=domain.seconds(request.validity))
+            if request.HasField("validity")
+            else timedelta(days=365)
+        )
+        if not timedelta(days=1) <= validity <= timedelta(days=825):
+            raise InvalidArgument.field("validity", "must be between 1 and 825 days")
+        async with self.db.transaction() as tx:
+            row = await self._writable(tx, request.device, "device")
+            if row.status == devices_pb2.DEVICE_STATUS_DECOMMISSIONED:
+                raise InvalidArgument.field("device", "the device is decommissioned")
+            certificate = self.ca.sign(request.csr_pem, row.device_id, validity, tx.now)
+            credential_id = credentials.add_certificate(tx, row.device_id, fingerprint(certificate))
+        response = devices_pb2.SignDeviceCertificateResponse(
+            certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
+            ca_certificate_pem=self.ca.certificate_pem,
+            credential_id=credential_id,
+        )
+        response.not_after.FromDatetime(certificate.not_valid_after_utc)
+        return response
 
     async def RevokeDeviceCredentials(
         self, request: devices_pb2.RevokeDeviceCredentialsRequest, context: grpc.aio.ServicerContext

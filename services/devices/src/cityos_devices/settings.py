@@ -13,5 +13,9 @@ class DevicesSettings(BaseSettings):
     # MQTT ingress (broker provisioning and the adapter) off.
     mqtt_url: str = ""
 
+    # The device CA (PEM files); empty: a CA created once under var/devices-ca/ (embedded mode).
+    ca_cert_file: str = ""
+    ca_key_file: str = ""
+
     # How long accepted readings stay in the telemetry spool (the lake keeps the history; ADR-0004).
     spool_retention_h: float = Field(default=72.0, gt=0, le=24 * 90)

@@ -972,6 +972,74 @@ class IssueDeviceTokenResponse(_message.Message):
 Global___IssueDeviceTokenResponse: _TypeAlias = IssueDeviceTokenResponse  # noqa: Y015
 
 @_typing.final
+class SignDeviceCertificateRequest(_message.Message):
+    """The request of SignDeviceCertificate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    CSR_PEM_FIELD_NUMBER: _builtins.int
+    VALIDITY_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    """`devices/{device}`."""
+    csr_pem: _builtins.str
+    """A PKCS#10 request in PEM, for an EC P-256/P-384 or RSA (2048 bits or more) key."""
+    @_builtins.property
+    def validity(self) -> _duration_pb2.Duration:
+        """How long the certificate is valid: 1 day to 825 days; unset means 365 days."""
+
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+        csr_pem: _builtins.str = ...,
+        validity: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["validity", b"validity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "device", b"device", "validity", b"validity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignDeviceCertificateRequest: _TypeAlias = SignDeviceCertificateRequest  # noqa: Y015
+
+@_typing.final
+class SignDeviceCertificateResponse(_message.Message):
+    """The response of SignDeviceCertificate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    certificate_pem: _builtins.str
+    """The certificate, PEM."""
+    ca_certificate_pem: _builtins.str
+    """The device CA's certificate, PEM, to verify servers signed by it and to build the chain."""
+    credential_id: _builtins.str
+    """The credential's id, to revoke it alone."""
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp:
+        """When it expires."""
+
+    def __init__(
+        self,
+        *,
+        certificate_pem: _builtins.str = ...,
+        ca_certificate_pem: _builtins.str = ...,
+        credential_id: _builtins.str = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificate_pem", b"ca_certificate_pem", "certificate_pem", b"certificate_pem", "credential_id", b"credential_id", "not_after", b"not_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignDeviceCertificateResponse: _TypeAlias = SignDeviceCertificateResponse  # noqa: Y015
+
+@_typing.final
 class RevokeDeviceCredentialsRequest(_message.Message):
     """The request of RevokeDeviceCredentials."""
 

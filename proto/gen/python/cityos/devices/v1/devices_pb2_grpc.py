@@ -101,6 +101,11 @@ class DeviceServiceStub(object):
                 request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.GetFleetStatisticsRequest.SerializeToString,
                 response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.FleetStatistics.FromString,
                 _registered_method=True)
+        self.SignDeviceCertificate = channel.unary_unary(
+                '/cityos.devices.v1.DeviceService/SignDeviceCertificate',
+                request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.SignDeviceCertificateRequest.SerializeToString,
+                response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.SignDeviceCertificateResponse.FromString,
+                _registered_method=True)
         self.RevokeDeviceCredentials = channel.unary_unary(
                 '/cityos.devices.v1.DeviceService/RevokeDeviceCredentials',
                 request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.RevokeDeviceCredentialsRequest.SerializeToString,
@@ -206,6 +211,15 @@ class DeviceServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignDeviceCertificate(self, request, context):
+        """Signs a device's certificate signing request with the city's device CA. The certificate names
+        the device (CN and a `urn:cityos:device:{id}` URI SAN); the device then authenticates with it
+        over mutual TLS. The private key never leaves the device.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RevokeDeviceCredentials(self, request, context):
         """Revokes every credential of a device, or one of them.
         """
@@ -280,6 +294,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.GetFleetStatistics,
                     request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.GetFleetStatisticsRequest.FromString,
                     response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.FleetStatistics.SerializeToString,
+            ),
+            'SignDeviceCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignDeviceCertificate,
+                    request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.SignDeviceCertificateRequest.FromString,
+                    response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.SignDeviceCertificateResponse.SerializeToString,
             ),
             'RevokeDeviceCredentials': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeDeviceCredentials,
@@ -640,6 +659,33 @@ class DeviceService(object):
             '/cityos.devices.v1.DeviceService/GetFleetStatistics',
             cityos_dot_devices_dot_v1_dot_devices__pb2.GetFleetStatisticsRequest.SerializeToString,
             cityos_dot_devices_dot_v1_dot_devices__pb2.FleetStatistics.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignDeviceCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cityos.devices.v1.DeviceService/SignDeviceCertificate',
+            cityos_dot_devices_dot_v1_dot_devices__pb2.SignDeviceCertificateRequest.SerializeToString,
+            cityos_dot_devices_dot_v1_dot_devices__pb2.SignDeviceCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

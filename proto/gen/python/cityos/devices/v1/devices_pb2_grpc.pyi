@@ -65,6 +65,11 @@ class DeviceServiceStub:
     """Gets a device's twin: desired and reported state with their versions."""
     GetFleetStatistics: _grpc.UnaryUnaryMultiCallable[_devices_pb2.GetFleetStatisticsRequest, _devices_pb2.FleetStatistics]
     """Counts of the caller's fleet by type, status, radio and firmware, and the share online."""
+    SignDeviceCertificate: _grpc.UnaryUnaryMultiCallable[_devices_pb2.SignDeviceCertificateRequest, _devices_pb2.SignDeviceCertificateResponse]
+    """Signs a device's certificate signing request with the city's device CA. The certificate names
+    the device (CN and a `urn:cityos:device:{id}` URI SAN); the device then authenticates with it
+    over mutual TLS. The private key never leaves the device.
+    """
     RevokeDeviceCredentials: _grpc.UnaryUnaryMultiCallable[_devices_pb2.RevokeDeviceCredentialsRequest, _devices_pb2.RevokeDeviceCredentialsResponse]
     """Revokes every credential of a device, or one of them."""
 
@@ -105,6 +110,11 @@ class DeviceServiceAsyncStub(DeviceServiceStub):
     """Gets a device's twin: desired and reported state with their versions."""
     GetFleetStatistics: _aio.UnaryUnaryMultiCallable[_devices_pb2.GetFleetStatisticsRequest, _devices_pb2.FleetStatistics]  # type: ignore[assignment]
     """Counts of the caller's fleet by type, status, radio and firmware, and the share online."""
+    SignDeviceCertificate: _aio.UnaryUnaryMultiCallable[_devices_pb2.SignDeviceCertificateRequest, _devices_pb2.SignDeviceCertificateResponse]  # type: ignore[assignment]
+    """Signs a device's certificate signing request with the city's device CA. The certificate names
+    the device (CN and a `urn:cityos:device:{id}` URI SAN); the device then authenticates with it
+    over mutual TLS. The private key never leaves the device.
+    """
     RevokeDeviceCredentials: _aio.UnaryUnaryMultiCallable[_devices_pb2.RevokeDeviceCredentialsRequest, _devices_pb2.RevokeDeviceCredentialsResponse]  # type: ignore[assignment]
     """Revokes every credential of a device, or one of them."""
 
@@ -220,6 +230,17 @@ class DeviceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_devices_pb2.FleetStatistics, _abc.Awaitable[_devices_pb2.FleetStatistics]]:
         """Counts of the caller's fleet by type, status, radio and firmware, and the share online."""
+
+    @_abc_1.abstractmethod
+    def SignDeviceCertificate(
+        self,
+        request: _devices_pb2.SignDeviceCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_devices_pb2.SignDeviceCertificateResponse, _abc.Awaitable[_devices_pb2.SignDeviceCertificateResponse]]:
+        """Signs a device's certificate signing request with the city's device CA. The certificate names
+        the device (CN and a `urn:cityos:device:{id}` URI SAN); the device then authenticates with it
+        over mutual TLS. The private key never leaves the device.
+        """
 
     @_abc_1.abstractmethod
     def RevokeDeviceCredentials(
