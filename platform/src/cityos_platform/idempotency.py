@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cityos_platform.db import Database, Tx
 from cityos_platform.errors import InvalidArgument
+from cityos_platform.interceptor import current_call
 from cityos_platform.models import IdempotencyKey
 
 R = TypeVar("R", bound=Message)
@@ -34,16 +35,21 @@ def request_fingerprint(request: Message, request_id_field: str = "request_id") 
 
 async def idempotent(
     db: Database,
-    *,
-    organization: str,
-    subject: str,
-    method: str,
     request: Message,
     response_type: type[R],
     create: Callable[[Tx], Awaitable[R]],
+    *,
     request_id_field: str = "request_id",
 ) -> R:
-    """Run `create` once per request id; repeats get the first result, a changed payload is refused."""
+    """Run `create` once per request id; repeats get the first result, a changed payload is refused.
+
+    The key is scoped to the call being served: the caller's organization and subject, and the method."""
+    call = current_call()
+    organization, subject, method = (
+        call.principal.organization,
+        call.principal.subject,
+        call.policy.full_method,
+    )
     request_id = getattr(request, request_id_field)
     if not request_id:
         async with db.transaction() as tx:

@@ -140,15 +140,7 @@ class MarkerServicer(markers_pb2_grpc.MarkerServiceServicer):
             _emit(tx, "created", row)
             return to_proto(row)
 
-        return await idempotent(
-            self.db,
-            organization=caller.organization,
-            subject=caller.subject,
-            method="CreateMarker",
-            request=request,
-            response_type=markers_pb2.Marker,
-            create=create,
-        )
+        return await idempotent(self.db, request, markers_pb2.Marker, create)
 
     async def GetMarker(
         self, request: markers_pb2.GetMarkerRequest, context: grpc.aio.ServicerContext

@@ -183,15 +183,7 @@ class CommandServicer(devices_pb2_grpc.CommandServiceServicer):
             row = queue_command(tx, device, request.command, dict(request.parameters), ttl, caller.subject)
             return command_to_proto(row)
 
-        return await idempotent(
-            self.db,
-            organization=caller.organization,
-            subject=caller.subject,
-            method="SendCommand",
-            request=request,
-            response_type=devices_pb2.Command,
-            create=send,
-        )
+        return await idempotent(self.db, request, devices_pb2.Command, send)
 
     async def _visible(self, tx: Tx, device_id: str, name: str) -> DeviceRow:
         device = await tx.session.get(DeviceRow, device_id)

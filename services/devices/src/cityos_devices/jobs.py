@@ -272,15 +272,7 @@ class JobServicer(devices_pb2_grpc.JobServiceServicer):
             await self.runner._advance(tx, row)  # start at once when the window is open
             return job_to_proto(row, await progress(tx, row))
 
-        return await idempotent(
-            self.db,
-            organization=caller.organization,
-            subject=caller.subject,
-            method="CreateJob",
-            request=request,
-            response_type=devices_pb2.Job,
-            create=create,
-        )
+        return await idempotent(self.db, request, devices_pb2.Job, create)
 
     async def _check_command_supported(self, tx: Tx, command: str, target: devices_pb2.JobTarget) -> None:
         if not target.type:

@@ -106,15 +106,7 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
             )
             return created
 
-        return await idempotent(
-            self.db,
-            organization=caller.organization,
-            subject=caller.subject,
-            method="CreateDeviceModel",
-            request=request,
-            response_type=devices_pb2.DeviceModel,
-            create=create,
-        )
+        return await idempotent(self.db, request, devices_pb2.DeviceModel, create)
 
     async def GetDeviceModel(
         self, request: devices_pb2.GetDeviceModelRequest, context: grpc.aio.ServicerContext
@@ -213,7 +205,6 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
     async def CreateDevice(
         self, request: devices_pb2.CreateDeviceRequest, context: grpc.aio.ServicerContext
     ) -> devices_pb2.Device:
-        caller = current_call().principal
         violations = domain.validate_device(request.device)
         domain.check_id(request.device_id, "device_id", violations)
         if violations:
@@ -223,20 +214,11 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
             row = await self._new_device(tx, request, "device")
             return domain.device_to_proto(row, await self._interval(tx, row.model_id), tx.now)
 
-        return await idempotent(
-            self.db,
-            organization=caller.organization,
-            subject=caller.subject,
-            method="CreateDevice",
-            request=request,
-            response_type=devices_pb2.Device,
-            create=create,
-        )
+        return await idempotent(self.db, request, devices_pb2.Device, create)
 
     async def BatchCreateDevices(
         self, request: devices_pb2.BatchCreateDevicesRequest, context: grpc.aio.ServicerContext
     ) -> devices_pb2.BatchCreateDevicesResponse:
-        caller = current_call().principal
         if not 1 <= len(request.requests) <= MAX_BATCH:
             raise InvalidArgument.field("requests", f"send 1 to {MAX_BATCH} creates")
         violations: domain.Violations = []
@@ -259,15 +241,7 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
                 devices=[domain.device_to_proto(r, intervals[r.model_id], tx.now) for r in rows]
             )
 
-        return await idempotent(
-            self.db,
-            organization=caller.organization,
-            subject=caller.subject,
-            method="BatchCreateDevices",
-            request=request,
-            response_type=devices_pb2.BatchCreateDevicesResponse,
-            create=create,
-        )
+        return await idempotent(self.db, request, devices_pb2.BatchCreateDevicesResponse, create)
 
     async def _interval(self, tx: Tx, model_id: str) -> float:
         return (await _intervals(tx.session, [model_id]))[model_id]
