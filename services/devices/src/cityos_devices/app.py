@@ -10,6 +10,7 @@ from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
 from cityos_devices.ca import DeviceCA
 from cityos_devices.commands import CommandServicer
 from cityos_devices.credentials import TOKEN_PREFIX, DeviceCertificateVerifier, DeviceTokenVerifier
+from cityos_devices.hub import ConnectionHub
 from cityos_devices.jobs import JobRunner, JobServicer
 from cityos_devices.models import Base
 from cityos_devices.mqtt import BrokerAdmin, MqttAdapter
@@ -72,7 +73,8 @@ class DevicesApp:
             Path(self.devices_settings.ca_key_file or var / "devices-ca" / "ca-key.pem"),
         )
         self.certificate_verifier = DeviceCertificateVerifier(db)
-        registry = DeviceServicer(db, PageTokens(secret), areas, tokens, ingestor, broker, ca)
+        hub = ConnectionHub()
+        registry = DeviceServicer(db, PageTokens(secret), areas, tokens, ingestor, broker, ca, hub)
         if broker is not None:
             self.adapter = MqttAdapter(self.devices_settings.mqtt_url, broker, ingestor)
             self.adapter.start()
@@ -88,12 +90,12 @@ class DevicesApp:
             ),
             Mount(
                 descriptor=devices_pb2.DESCRIPTOR.services_by_name["TelemetryService"],
-                servicer=TelemetryServicer(db, ingestor, poll_interval_s=poll),
+                servicer=TelemetryServicer(db, ingestor, hub, poll_interval_s=poll),
                 add_to_server=devices_pb2_grpc.add_TelemetryServiceServicer_to_server,
             ),
             Mount(
                 descriptor=devices_pb2.DESCRIPTOR.services_by_name["CommandService"],
-                servicer=CommandServicer(db, PageTokens(secret)),
+                servicer=CommandServicer(db, PageTokens(secret), hub),
                 add_to_server=devices_pb2_grpc.add_CommandServiceServicer_to_server,
             ),
             Mount(

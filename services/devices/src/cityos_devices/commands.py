@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
 from cityos_devices import domain
+from cityos_devices.hub import ConnectionHub
 from cityos_devices.models import CommandRow, DeviceModelRow, DeviceRow
 from cityos_platform.db import Database, Tx
 from cityos_platform.errors import FailedPrecondition, InvalidArgument, PermissionDenied
@@ -145,6 +146,34 @@ def validate_command(
     return violations
 
 
+async def ack_command(
+    db: Database, caller_subject: str, request: devices_pb2.AckCommandRequest
+) -> devices_pb2.Command:
+    """A device's answer to one of its commands: SENT becomes ACKED or FAILED; a repeat changes nothing."""
+    device_id, command_id = command_ids(request.name)
+    if caller_subject != f"devices/{device_id}":
+        raise PermissionDenied("a device answers only its own commands", reason="DEVICE_MISMATCH")
+    if len(request.result) > 1024:
+        raise InvalidArgument.field("result", "at most 1,024 characters")
+    async with db.transaction() as tx:
+        row = await tx.session.get(CommandRow, command_id, with_for_update=True)
+        if row is None or row.device_id != device_id:
+            raise not_found("command", request.name)
+        if row.status in (int(devices_pb2.COMMAND_STATUS_ACKED), int(devices_pb2.COMMAND_STATUS_FAILED)):
+            return command_to_proto(row)
+        if row.status != int(devices_pb2.COMMAND_STATUS_SENT):
+            raise FailedPrecondition(
+                f"the command is {devices_pb2.CommandStatus.Name(row.status)}, not SENT",  # type: ignore[arg-type]
+                reason="COMMAND_NOT_SENT",
+            )
+        status = devices_pb2.COMMAND_STATUS_ACKED if request.succeeded else devices_pb2.COMMAND_STATUS_FAILED
+        row.status = int(status)
+        row.ack_time = tx.now
+        row.result = request.result
+        _emit(tx, "acked" if request.succeeded else "failed", row)
+        return command_to_proto(row)
+
+
 def command_ids(name: str, field: str = "name") -> tuple[str, str]:
     parts = name.split("/")
     if len(parts) != 4 or parts[0] != "devices" or parts[2] != "commands" or not parts[3]:
@@ -154,9 +183,10 @@ def command_ids(name: str, field: str = "name") -> tuple[str, str]:
 
 
 class CommandServicer(devices_pb2_grpc.CommandServiceServicer):
-    def __init__(self, db: Database, page_tokens: PageTokens) -> None:
+    def __init__(self, db: Database, page_tokens: PageTokens, hub: ConnectionHub) -> None:
         self.db = db
         self.page_tokens = page_tokens
+        self.hub = hub
 
     async def SendCommand(
         self, request: devices_pb2.SendCommandRequest, context: grpc.aio.ServicerContext
@@ -183,7 +213,9 @@ class CommandServicer(devices_pb2_grpc.CommandServiceServicer):
             row = queue_command(tx, device, request.command, dict(request.parameters), ttl, caller.subject)
             return command_to_proto(row)
 
-        return await idempotent(self.db, request, devices_pb2.Command, send)
+        command = await idempotent(self.db, request, devices_pb2.Command, send)
+        self.hub.wake(device_id)  # a connected device gets it now
+        return command
 
     async def _visible(self, tx: Tx, device_id: str, name: str) -> DeviceRow:
         device = await tx.session.get(DeviceRow, device_id)
@@ -250,27 +282,4 @@ class CommandServicer(devices_pb2_grpc.CommandServiceServicer):
     async def AckCommand(
         self, request: devices_pb2.AckCommandRequest, context: grpc.aio.ServicerContext
     ) -> devices_pb2.Command:
-        caller = current_call().principal
-        device_id, command_id = command_ids(request.name)
-        if caller.subject != f"devices/{device_id}":
-            raise PermissionDenied("a device answers only its own commands", reason="DEVICE_MISMATCH")
-        if len(request.result) > 1024:
-            raise InvalidArgument.field("result", "at most 1,024 characters")
-        async with self.db.transaction() as tx:
-            row = await tx.session.get(CommandRow, command_id, with_for_update=True)
-            if row is None or row.device_id != device_id:
-                raise not_found("command", request.name)
-            if row.status in (int(devices_pb2.COMMAND_STATUS_ACKED), int(devices_pb2.COMMAND_STATUS_FAILED)):
-                return command_to_proto(row)  # a repeated answer changes nothing
-            if row.status != int(devices_pb2.COMMAND_STATUS_SENT):
-                raise FailedPrecondition(
-                    f"the command is {devices_pb2.CommandStatus.Name(row.status)}, not SENT",  # type: ignore[arg-type]
-                    reason="COMMAND_NOT_SENT",
-                )
-            row.status = int(
-                devices_pb2.COMMAND_STATUS_ACKED if request.succeeded else devices_pb2.COMMAND_STATUS_FAILED
-            )
-            row.ack_time = tx.now
-            row.result = request.result
-            _emit(tx, "acked" if request.succeeded else "failed", row)
-            return command_to_proto(row)
+        return await ack_command(self.db, current_call().principal.subject, request)

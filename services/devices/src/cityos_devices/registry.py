@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, select
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
 from cityos_devices import credentials, domain, twin
 from cityos_devices.ca import DeviceCA, fingerprint
+from cityos_devices.hub import ConnectionHub
 from cityos_devices.models import DeviceModelRow, DeviceRow
 from cityos_devices.mqtt import BrokerAdmin, BrokerError
 from cityos_devices.telemetry import Ingestor
@@ -56,7 +57,9 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
         ingestor: Ingestor,
         broker: BrokerAdmin | None = None,
         ca: DeviceCA | None = None,
+        hub: ConnectionHub | None = None,
     ) -> None:
+        self.hub = hub or ConnectionHub()
         self.broker = broker
         self.ca = ca
         self.db = db
@@ -445,7 +448,8 @@ class DeviceServicer(devices_pb2_grpc.DeviceServiceServicer):
                 owner_organization=row.owner_organization,
                 area_cell=row.area_cell,
             )
-            return updated
+        self.hub.wake(row.device_id)  # a connected device gets it now
+        return updated
 
     async def GetTwin(
         self, request: devices_pb2.GetTwinRequest, context: grpc.aio.ServicerContext

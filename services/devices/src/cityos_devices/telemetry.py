@@ -26,11 +26,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
 from cityos_devices import domain, twin
-from cityos_devices.commands import deliver
+from cityos_devices.commands import ack_command, deliver
+from cityos_devices.hub import PUSH, ConnectionHub
 from cityos_devices.models import DeviceModelRow, DeviceRow, TelemetryRow
 from cityos_platform.auth import Principal
 from cityos_platform.db import Database, Tx
-from cityos_platform.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from cityos_platform.errors import (
+    CityOSError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from cityos_platform.events import decode_cursor, encode_cursor, follow_ordered
 from cityos_platform.interceptor import current_call
 from cityos_platform.tenancy import is_city_wide, not_found
@@ -334,9 +341,12 @@ def _record(row: TelemetryRow) -> devices_pb2.TelemetryRecord:
 
 
 class TelemetryServicer(devices_pb2_grpc.TelemetryServiceServicer):
-    def __init__(self, db: Database, ingestor: Ingestor, *, poll_interval_s: float = 1.0) -> None:
+    def __init__(
+        self, db: Database, ingestor: Ingestor, hub: ConnectionHub, *, poll_interval_s: float = 1.0
+    ) -> None:
         self.db = db
         self.ingestor = ingestor
+        self.hub = hub
         self.poll_interval_s = poll_interval_s
 
     async def Report(
@@ -353,6 +363,85 @@ class TelemetryServicer(devices_pb2_grpc.TelemetryServiceServicer):
             )
         radio = request.radio if request.HasField("radio") else None
         return await self.ingestor.ingest(device_id, request.readings, radio)
+
+    async def Connect(
+        self, requests: AsyncIterator[devices_pb2.ConnectRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[devices_pb2.ConnectResponse]:
+        caller = current_call().principal
+        if caller.kind != "device":
+            raise PermissionDenied("only a device connects, with its own credential", reason="NOT_A_DEVICE")
+        device_id = caller.subject.removeprefix("devices/")
+        await self.ingestor.usable_profile(device_id)
+        with self.hub.listen(device_id) as queue:
+            reader = asyncio.create_task(self._read(requests, device_id, caller, queue))
+            ticker = asyncio.create_task(self._tick(queue))
+            try:
+                queue.put_nowait(PUSH)  # what waited while it was away
+                while True:
+                    item = await queue.get()
+                    if item is None:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    if item is PUSH:
+                        for message in await self._pending(device_id):
+                            yield message
+                    else:
+                        yield item
+            finally:
+                reader.cancel()
+                ticker.cancel()
+
+    async def _tick(self, queue: asyncio.Queue[Any]) -> None:
+        """Look again now and then: another replica may have queued something for this device."""
+        while True:
+            await asyncio.sleep(max(self.poll_interval_s, 1.0))
+            queue.put_nowait(PUSH)
+
+    async def _read(
+        self,
+        requests: AsyncIterator[devices_pb2.ConnectRequest],
+        device_id: str,
+        caller: Principal,
+        queue: asyncio.Queue[Any],
+    ) -> None:
+        try:
+            async for message in requests:
+                queue.put_nowait(await self._answer(message, device_id, caller))
+            queue.put_nowait(None)
+        except Exception as error:  # the stream broke: end the call with it
+            queue.put_nowait(error)
+
+    async def _answer(
+        self, message: devices_pb2.ConnectRequest, device_id: str, caller: Principal
+    ) -> devices_pb2.ConnectResponse:
+        answer = devices_pb2.ConnectResponse(in_reply_to=message.message_id)
+        try:
+            kind = message.WhichOneof("payload")
+            if kind == "report":
+                report = message.report
+                if report.device and report.device != caller.subject:
+                    raise PermissionDenied("a device reports only for itself", reason="DEVICE_MISMATCH")
+                radio = report.radio if report.HasField("radio") else None
+                answer.report.CopyFrom(await self.ingestor.ingest(device_id, report.readings, radio))
+            elif kind == "ack":
+                answer.ack.CopyFrom(await ack_command(self.db, caller.subject, message.ack))
+            else:
+                raise InvalidArgument.field("payload", "send a report or an ack")
+        except CityOSError as error:
+            answer.error.CopyFrom(error.to_status())
+        return answer
+
+    async def _pending(self, device_id: str) -> list[devices_pb2.ConnectResponse]:
+        """Commands and desired state waiting for the device, handed over now (commands become SENT)."""
+        async with self.db.transaction() as tx:
+            commands = await deliver(tx, device_id)
+            device = await tx.session.get(DeviceRow, device_id, with_for_update=True)
+            pending = twin.pending_for_device(device) if device is not None else None
+        messages = [devices_pb2.ConnectResponse(command=command) for command in commands]
+        if pending is not None:
+            messages.append(devices_pb2.ConnectResponse(twin=pending))
+        return messages
 
     async def Ingest(
         self, requests: AsyncIterator[devices_pb2.IngestRequest], context: grpc.aio.ServicerContext

@@ -13,6 +13,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -2152,6 +2153,96 @@ class IngestResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IngestResponse: _TypeAlias = IngestResponse  # noqa: Y015
+
+@_typing.final
+class ConnectRequest(_message.Message):
+    """One message from a connected device."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
+    ACK_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.int
+    """The device's number for this message, echoed in the answer."""
+    @_builtins.property
+    def report(self) -> Global___ReportRequest:
+        """An uplink, as Report takes it."""
+
+    @_builtins.property
+    def ack(self) -> Global___AckCommandRequest:
+        """The answer to a command, as AckCommand takes it."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.int = ...,
+        report: Global___ReportRequest | None = ...,
+        ack: Global___AckCommandRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "payload", b"payload", "report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "message_id", b"message_id", "payload", b"payload", "report", b"report"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["report", "ack"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+
+@_typing.final
+class ConnectResponse(_message.Message):
+    """One message to a connected device."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IN_REPLY_TO_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
+    ACK_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    TWIN_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    in_reply_to: _builtins.int
+    """The `message_id` this answers; 0 for what the platform pushes."""
+    @_builtins.property
+    def report(self) -> Global___ReportResponse:
+        """The answer to an uplink (durable when sent)."""
+
+    @_builtins.property
+    def ack(self) -> Global___Command:
+        """The answer to a command answer."""
+
+    @_builtins.property
+    def command(self) -> Global___Command:
+        """A command to carry out (now SENT)."""
+
+    @_builtins.property
+    def twin(self) -> Global___Twin:
+        """The twin, when the desired state changed."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Why a message was refused (the connection stays open)."""
+
+    def __init__(
+        self,
+        *,
+        in_reply_to: _builtins.int = ...,
+        report: Global___ReportResponse | None = ...,
+        ack: Global___Command | None = ...,
+        command: Global___Command | None = ...,
+        twin: Global___Twin | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "command", b"command", "error", b"error", "payload", b"payload", "report", b"report", "twin", b"twin"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "command", b"command", "error", b"error", "in_reply_to", b"in_reply_to", "payload", b"payload", "report", b"report", "twin", b"twin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["report", "ack", "command", "twin", "error"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
 
 @_typing.final
 class SubscribeTelemetryRequest(_message.Message):

@@ -744,6 +744,11 @@ class TelemetryServiceStub(object):
                 request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.IngestRequest.SerializeToString,
                 response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.IngestResponse.FromString,
                 _registered_method=True)
+        self.Connect = channel.stream_stream(
+                '/cityos.devices.v1.TelemetryService/Connect',
+                request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.ConnectRequest.SerializeToString,
+                response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.ConnectResponse.FromString,
+                _registered_method=True)
         self.SubscribeTelemetry = channel.unary_stream(
                 '/cityos.devices.v1.TelemetryService/SubscribeTelemetry',
                 request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.SubscribeTelemetryRequest.SerializeToString,
@@ -775,6 +780,15 @@ class TelemetryServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Connect(self, request_iterator, context):
+        """A device's live connection: it sends uplinks and command answers; it receives the answer to each,
+        and commands and desired-state changes at once while it is connected (commands queued while it
+        was away arrive right after it connects). Authenticated with the device's own credential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubscribeTelemetry(self, request, context):
         """Follows accepted readings in the order they became durable, after a cursor, filtered by
         device type and area; scoped to the caller's organization unless city-wide.
@@ -795,6 +809,11 @@ def add_TelemetryServiceServicer_to_server(servicer, server):
                     servicer.Ingest,
                     request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.IngestRequest.FromString,
                     response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.IngestResponse.SerializeToString,
+            ),
+            'Connect': grpc.stream_stream_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.ConnectRequest.FromString,
+                    response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.ConnectResponse.SerializeToString,
             ),
             'SubscribeTelemetry': grpc.unary_stream_rpc_method_handler(
                     servicer.SubscribeTelemetry,
@@ -857,6 +876,33 @@ class TelemetryService(object):
             '/cityos.devices.v1.TelemetryService/Ingest',
             cityos_dot_devices_dot_v1_dot_devices__pb2.IngestRequest.SerializeToString,
             cityos_dot_devices_dot_v1_dot_devices__pb2.IngestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Connect(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cityos.devices.v1.TelemetryService/Connect',
+            cityos_dot_devices_dot_v1_dot_devices__pb2.ConnectRequest.SerializeToString,
+            cityos_dot_devices_dot_v1_dot_devices__pb2.ConnectResponse.FromString,
             options,
             channel_credentials,
             insecure,

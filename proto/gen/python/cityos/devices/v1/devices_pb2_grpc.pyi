@@ -271,6 +271,11 @@ class TelemetryServiceStub:
     devices it may change (its organization's; every device for city-wide service accounts).
     Validation and de-duplication are those of Report.
     """
+    Connect: _grpc.StreamStreamMultiCallable[_devices_pb2.ConnectRequest, _devices_pb2.ConnectResponse]
+    """A device's live connection: it sends uplinks and command answers; it receives the answer to each,
+    and commands and desired-state changes at once while it is connected (commands queued while it
+    was away arrive right after it connects). Authenticated with the device's own credential.
+    """
     SubscribeTelemetry: _grpc.UnaryStreamMultiCallable[_devices_pb2.SubscribeTelemetryRequest, _devices_pb2.SubscribeTelemetryResponse]
     """Follows accepted readings in the order they became durable, after a cursor, filtered by
     device type and area; scoped to the caller's organization unless city-wide.
@@ -292,6 +297,11 @@ class TelemetryServiceAsyncStub(TelemetryServiceStub):
     devices' readings, each answered by its own ack once durable (in order). A caller writes for the
     devices it may change (its organization's; every device for city-wide service accounts).
     Validation and de-duplication are those of Report.
+    """
+    Connect: _aio.StreamStreamMultiCallable[_devices_pb2.ConnectRequest, _devices_pb2.ConnectResponse]  # type: ignore[assignment]
+    """A device's live connection: it sends uplinks and command answers; it receives the answer to each,
+    and commands and desired-state changes at once while it is connected (commands queued while it
+    was away arrive right after it connects). Authenticated with the device's own credential.
     """
     SubscribeTelemetry: _aio.UnaryStreamMultiCallable[_devices_pb2.SubscribeTelemetryRequest, _devices_pb2.SubscribeTelemetryResponse]  # type: ignore[assignment]
     """Follows accepted readings in the order they became durable, after a cursor, filtered by
@@ -323,6 +333,17 @@ class TelemetryServiceServicer(metaclass=_abc_1.ABCMeta):
         devices' readings, each answered by its own ack once durable (in order). A caller writes for the
         devices it may change (its organization's; every device for city-wide service accounts).
         Validation and de-duplication are those of Report.
+        """
+
+    @_abc_1.abstractmethod
+    def Connect(
+        self,
+        request_iterator: _MaybeAsyncIterator[_devices_pb2.ConnectRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_devices_pb2.ConnectResponse], _abc.AsyncIterator[_devices_pb2.ConnectResponse]]:
+        """A device's live connection: it sends uplinks and command answers; it receives the answer to each,
+        and commands and desired-state changes at once while it is connected (commands queued while it
+        was away arrive right after it connects). Authenticated with the device's own credential.
         """
 
     @_abc_1.abstractmethod
