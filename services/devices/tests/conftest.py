@@ -46,7 +46,11 @@ class Fleet:
             reporting_interval=duration_pb2.Duration(seconds=600),
         )
         for key, value in overrides.items():
-            setattr(model, key, value)
+            if isinstance(value, list):  # repeated fields are replaced, not assigned
+                del getattr(model, key)[:]
+                getattr(model, key).extend(value)
+            else:
+                setattr(model, key, value)
         return await self.registry.CreateDeviceModel(
             devices_pb2.CreateDeviceModelRequest(device_model=model, device_model_id=model_id),
             metadata=self.operator,

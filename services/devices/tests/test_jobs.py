@@ -147,3 +147,76 @@ async def test_bad_jobs_name_each_bad_field(fleet, lamps):
         "job.abort_failure_ratio",
         "job_id",
     }
+
+
+@pytest.mark.req("DEV-4")
+async def test_a_firmware_job_updates_the_devices_that_report_success(fleet, lamps, clock):
+    from cityos_devices.jobs import FIRMWARE_COMMAND
+
+    await fleet.model(
+        "lamp-fw", type="streetlights.controller", supported_commands=["reboot", FIRMWARE_COMMAND]
+    )
+    for n in range(3):
+        await fleet.device(f"ctl-{n}", model="deviceModels/lamp-fw", tags=["main-st"])
+        lamps[f"ctl-{n}"] = await fleet.device_token(f"ctl-{n}")
+    image = await jobs(fleet).CreateFirmwareImage(
+        devices_pb2.CreateFirmwareImageRequest(
+            parent="deviceModels/lamp-fw",
+            firmware_image=devices_pb2.FirmwareImage(
+                version="2.1.0",
+                package_uri="https://fw.cityos.example/lamp-fw-2.1.0.bin",
+                sha256="a" * 64,
+                size_bytes=512_000,
+            ),
+        ),
+        metadata=fleet.operator,
+    )
+    listed = await jobs(fleet).ListFirmwareImages(
+        devices_pb2.ListFirmwareImagesRequest(parent="deviceModels/lamp-fw"), metadata=fleet.operator
+    )
+    assert [i.name for i in listed.firmware_images] == [image.name]
+    job = await jobs(fleet).CreateJob(
+        devices_pb2.CreateJobRequest(
+            job=devices_pb2.Job(
+                firmware_image=image.name,
+                command_ttl=duration_pb2.Duration(seconds=3600),
+                target=devices_pb2.JobTarget(
+                    tag="main-st"
+                ),  # the geomag sensors on main-st are not of this model
+            ),
+            job_id="fw-2-1-0",
+        ),
+        metadata=fleet.operator,
+    )
+    assert (job.progress.total, job.command) == (3, FIRMWARE_COMMAND)
+    stub = devices_pb2_grpc.CommandServiceStub(fleet.channel)
+    for n, code in enumerate((1, 1, 5)):  # the third fails its integrity check
+        when = timestamp_pb2.Timestamp()
+        when.FromDatetime(clock.now())
+        reply = await fleet.telemetry.Report(
+            devices_pb2.ReportRequest(
+                device=f"devices/ctl-{n}",
+                readings=[devices_pb2.Reading(sequence=1, time=when, values={"occupied": 0.0})],
+            ),
+            metadata=lamps[f"ctl-{n}"],
+        )
+        (command,) = reply.commands
+        assert dict(command.parameters)["sha256"] == "a" * 64
+        await stub.AckCommand(
+            devices_pb2.AckCommandRequest(name=command.name, succeeded=True, firmware_update_result=code),
+            metadata=lamps[f"ctl-{n}"],
+        )
+    await fleet.app.jobs.tick()
+    done = await get(fleet, "jobs/fw-2-1-0")
+    assert (done.state, done.progress.succeeded, done.progress.failed) == (
+        devices_pb2.JOB_STATE_SUCCEEDED,
+        2,
+        1,
+    )
+    versions = {}
+    for n in range(3):
+        device = await fleet.registry.GetDevice(
+            devices_pb2.GetDeviceRequest(name=f"devices/ctl-{n}"), metadata=fleet.operator
+        )
+        versions[n] = device.firmware_version
+    assert versions == {0: "2.1.0", 1: "2.1.0", 2: "1.4.2"}

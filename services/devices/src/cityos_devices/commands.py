@@ -26,6 +26,18 @@ from cityos_platform.interceptor import current_call
 from cityos_platform.paging import PageTokens, page_size
 from cityos_platform.tenancy import Access, can_reach, not_found
 
+# LwM2M object 5 (Firmware Update), resource 5 "Update Result".
+FIRMWARE_RESULTS = {
+    1: "firmware updated successfully",
+    2: "not enough flash memory",
+    3: "out of RAM",
+    4: "connection lost during download",
+    5: "integrity check failure",
+    6: "unsupported package type",
+    7: "invalid URI",
+    8: "firmware update failed",
+    9: "unsupported protocol",
+}
 MIN_TTL = timedelta(seconds=1)
 MAX_TTL = timedelta(days=7)
 MAX_PARAMETERS = 32
@@ -166,10 +178,24 @@ async def ack_command(
                 f"the command is {devices_pb2.CommandStatus.Name(row.status)}, not SENT",  # type: ignore[arg-type]
                 reason="COMMAND_NOT_SENT",
             )
-        status = devices_pb2.COMMAND_STATUS_ACKED if request.succeeded else devices_pb2.COMMAND_STATUS_FAILED
+        succeeded = request.succeeded
+        result = request.result
+        if row.command == "update_firmware" and request.firmware_update_result:
+            # LwM2M object 5: only "1" is a successful update, whatever the flag says.
+            code = request.firmware_update_result
+            succeeded = code == 1
+            result = f"LwM2M update result {code}: {FIRMWARE_RESULTS.get(code, 'unknown')}" + (
+                f"; {result}" if result else ""
+            )
+        if row.command == "update_firmware" and succeeded:
+            device = await tx.session.get(DeviceRow, device_id, with_for_update=True)
+            if device is not None:
+                device.firmware_version = row.parameters.get("version", device.firmware_version)
+                device.update_time = tx.now
+        status = devices_pb2.COMMAND_STATUS_ACKED if succeeded else devices_pb2.COMMAND_STATUS_FAILED
         row.status = int(status)
         row.ack_time = tx.now
-        row.result = request.result
+        row.result = result[:1024]
         _emit(tx, "acked" if request.succeeded else "failed", row)
         return command_to_proto(row)
 

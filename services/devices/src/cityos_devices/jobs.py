@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 from datetime import UTC, timedelta
 
 import grpc
@@ -24,7 +25,14 @@ from sqlalchemy import func, select
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
 from cityos_devices import domain
 from cityos_devices.commands import queue_command, validate_command
-from cityos_devices.models import CommandRow, DeviceModelRow, DeviceRow, JobRow, JobTargetRow
+from cityos_devices.models import (
+    CommandRow,
+    DeviceModelRow,
+    DeviceRow,
+    FirmwareImageRow,
+    JobRow,
+    JobTargetRow,
+)
 from cityos_platform.areas import AreaRegistry
 from cityos_platform.db import Database, Tx
 from cityos_platform.errors import AlreadyExists, InvalidArgument
@@ -72,6 +80,7 @@ def job_to_proto(job: JobRow, done: devices_pb2.JobProgress) -> devices_pb2.Job:
         progress=done,
         owner_organization=job.owner_organization,
         create_time=domain.timestamp(job.create_time),
+        firmware_image=job.firmware_image,
     )
     if job.window_end is not None:
         result.window_end.FromDatetime(job.window_end)
@@ -154,6 +163,8 @@ class JobRunner:
             )
         if target.type:
             statement = statement.where(DeviceRow.type == target.type)
+        if job.firmware_image:  # only devices of the image's model
+            statement = statement.where(DeviceRow.model_id == job.firmware_image.split("/")[1])
         if area is not None:
             statement = statement.where(DeviceRow.area_cell.in_(sorted(area.cells)))
         if not job.city_wide:
@@ -207,17 +218,129 @@ class JobRunner:
         )
 
 
+VERSION = re.compile(r"^[0-9A-Za-z.+-]{1,64}$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+FIRMWARE_COMMAND = "update_firmware"
+
+
+def image_to_proto(row: FirmwareImageRow) -> devices_pb2.FirmwareImage:
+    return devices_pb2.FirmwareImage(
+        name=f"deviceModels/{row.model_id}/firmwareImages/{row.version}",
+        version=row.version,
+        package_uri=row.package_uri,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        create_time=domain.timestamp(row.create_time),
+    )
+
+
+def image_ids(name: str, field: str) -> tuple[str, str]:
+    parts = name.split("/")
+    if (
+        len(parts) != 4
+        or parts[0] != "deviceModels"
+        or parts[2] != "firmwareImages"
+        or not VERSION.match(parts[3])
+    ):
+        raise InvalidArgument.field(field, "must look like deviceModels/{model}/firmwareImages/{version}")
+    return domain.name_id(f"deviceModels/{parts[1]}", "deviceModels", field), parts[3]
+
+
 class JobServicer(devices_pb2_grpc.JobServiceServicer):
     def __init__(self, db: Database, areas: AreaRegistry, runner: JobRunner) -> None:
         self.db = db
         self.areas = areas
         self.runner = runner
 
+    async def CreateFirmwareImage(
+        self, request: devices_pb2.CreateFirmwareImageRequest, context: grpc.aio.ServicerContext
+    ) -> devices_pb2.FirmwareImage:
+        caller = current_call().principal
+        model_id = domain.name_id(request.parent, "deviceModels", "parent")
+        image = request.firmware_image
+        violations: domain.Violations = []
+        if not VERSION.match(image.version):
+            violations.append(("firmware_image.version", "must be 1 to 64 of [0-9A-Za-z.+-]"))
+        if not image.package_uri.startswith(("https://", "coaps://")) or len(image.package_uri) > 2048:
+            violations.append(("firmware_image.package_uri", "must be an https:// or coaps:// URI"))
+        if not SHA256.match(image.sha256):
+            violations.append(("firmware_image.sha256", "must be 64 lowercase hexadecimal digits"))
+        if image.size_bytes == 0:
+            violations.append(("firmware_image.size_bytes", "must be positive"))
+        if violations:
+            raise InvalidArgument.many(violations)
+
+        async def create(tx: Tx) -> devices_pb2.FirmwareImage:
+            if await tx.session.get(DeviceModelRow, model_id) is None:
+                raise not_found("device model", request.parent)
+            if await tx.session.get(FirmwareImageRow, (model_id, image.version)) is not None:
+                raise AlreadyExists(
+                    f"{request.parent} already has firmware {image.version}", reason="FIRMWARE_EXISTS"
+                )
+            row = FirmwareImageRow(
+                model_id=model_id,
+                version=image.version,
+                package_uri=image.package_uri,
+                sha256=image.sha256,
+                size_bytes=image.size_bytes,
+                owner_organization=caller.organization,
+                create_time=tx.now,
+            )
+            tx.session.add(row)
+            created = image_to_proto(row)
+            tx.emit(
+                "devices.firmware.created",
+                created,
+                subject=created.name,
+                owner_organization=caller.organization,
+            )
+            return created
+
+        return await idempotent(self.db, request, devices_pb2.FirmwareImage, create)
+
+    async def ListFirmwareImages(
+        self, request: devices_pb2.ListFirmwareImagesRequest, context: grpc.aio.ServicerContext
+    ) -> devices_pb2.ListFirmwareImagesResponse:
+        model_id = domain.name_id(request.parent, "deviceModels", "parent")
+        async with self.db.read() as session:
+            rows = (
+                await session.scalars(
+                    select(FirmwareImageRow)
+                    .where(FirmwareImageRow.model_id == model_id)
+                    .order_by(FirmwareImageRow.create_time.desc(), FirmwareImageRow.version.desc())
+                )
+            ).all()
+        return devices_pb2.ListFirmwareImagesResponse(firmware_images=[image_to_proto(r) for r in rows])
+
+    async def _firmware_command(self, job: devices_pb2.Job) -> tuple[str, dict[str, str]]:
+        """For a firmware job: the command and its parameters."""
+        model_id, version = image_ids(job.firmware_image, "job.firmware_image")
+        async with self.db.read() as session:
+            image = await session.get(FirmwareImageRow, (model_id, version))
+            model = await session.get(DeviceModelRow, model_id)
+        if image is None or model is None:
+            raise not_found("firmware image", job.firmware_image)
+        if FIRMWARE_COMMAND not in model.supported_commands:
+            raise InvalidArgument.field(
+                "job.firmware_image", f"the model does not support {FIRMWARE_COMMAND}"
+            )
+        return FIRMWARE_COMMAND, {
+            "version": image.version,
+            "package_uri": image.package_uri,
+            "sha256": image.sha256,
+        }
+
     async def CreateJob(
         self, request: devices_pb2.CreateJobRequest, context: grpc.aio.ServicerContext
     ) -> devices_pb2.Job:
         caller = current_call().principal
-        job = request.job
+        job = devices_pb2.Job()
+        job.CopyFrom(request.job)
+        if job.firmware_image:
+            if job.command:
+                raise InvalidArgument.field("job.command", "set a command or a firmware image, not both")
+            job.command, parameters = await self._firmware_command(job)
+            job.parameters.update(parameters)
         ttl = timedelta(seconds=domain.seconds(job.command_ttl))
         violations = validate_command(job.command, dict(job.parameters), ttl, "job.")
         violations = [("job.command_ttl" if f == "job.ttl" else f, d) for f, d in violations]
@@ -266,6 +389,7 @@ class JobServicer(devices_pb2_grpc.JobServiceServicer):
                 create_time=tx.now,
                 start_time=None,
                 total=0,
+                firmware_image=job.firmware_image,
             )
             await self._check_command_supported(tx, job.command, target)
             tx.session.add(row)

@@ -156,6 +156,8 @@ class JobRow(Base):
     create_time: Mapped[datetime] = mapped_column(UtcDateTime())
     start_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     total: Mapped[int] = mapped_column(Integer)
+    # `deviceModels/{m}/firmwareImages/{v}` for a firmware job; "" for a command job.
+    firmware_image: Mapped[str] = mapped_column(String(200), default="")
 
 
 class JobTargetRow(Base):
@@ -166,3 +168,17 @@ class JobTargetRow(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("device_jobs.job_id"), primary_key=True)
     device_id: Mapped[str] = mapped_column(String(63), primary_key=True)
     command_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class FirmwareImageRow(Base):
+    """A firmware package of a device model."""
+
+    __tablename__ = "device_firmware_images"
+
+    model_id: Mapped[str] = mapped_column(ForeignKey("device_models.model_id"), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    package_uri: Mapped[str] = mapped_column(String(2048))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    owner_organization: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -1802,6 +1802,7 @@ class Job(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     OWNER_ORGANIZATION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    FIRMWARE_IMAGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`jobs/{job}`."""
     command: _builtins.str
@@ -1818,6 +1819,12 @@ class Job(_message.Message):
     """Output only."""
     owner_organization: _builtins.str
     """Output only."""
+    firmware_image: _builtins.str
+    """Instead of `command`: update the targets' firmware to this image
+    (`deviceModels/{model}/firmwareImages/{version}`). Each device gets an `update_firmware` command
+    (parameters `version`, `package_uri`, `sha256`) and answers with its LwM2M update result; a
+    success records the new firmware version on the device.
+    """
     @_builtins.property
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Its parameters."""
@@ -1863,14 +1870,137 @@ class Job(_message.Message):
         progress: Global___JobProgress | None = ...,
         owner_organization: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        firmware_image: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["command_ttl", b"command_ttl", "create_time", b"create_time", "progress", b"progress", "target", b"target", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_failure_ratio", b"abort_failure_ratio", "abort_min_finished", b"abort_min_finished", "command", b"command", "command_ttl", b"command_ttl", "create_time", b"create_time", "name", b"name", "owner_organization", b"owner_organization", "parameters", b"parameters", "progress", b"progress", "rollout_per_minute", b"rollout_per_minute", "state", b"state", "target", b"target", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_failure_ratio", b"abort_failure_ratio", "abort_min_finished", b"abort_min_finished", "command", b"command", "command_ttl", b"command_ttl", "create_time", b"create_time", "firmware_image", b"firmware_image", "name", b"name", "owner_organization", b"owner_organization", "parameters", b"parameters", "progress", b"progress", "rollout_per_minute", b"rollout_per_minute", "state", b"state", "target", b"target", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class FirmwareImage(_message.Message):
+    """A firmware image of a device model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PACKAGE_URI_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`deviceModels/{device_model}/firmwareImages/{version}`."""
+    version: _builtins.str
+    """The version, `[0-9A-Za-z.+-]{1,64}`."""
+    package_uri: _builtins.str
+    """Where devices download it (https or coaps)."""
+    sha256: _builtins.str
+    """SHA-256 of the package, 64 hexadecimal digits."""
+    size_bytes: _builtins.int
+    """Its size in bytes."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        package_uri: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "name", b"name", "package_uri", b"package_uri", "sha256", b"sha256", "size_bytes", b"size_bytes", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FirmwareImage: _TypeAlias = FirmwareImage  # noqa: Y015
+
+@_typing.final
+class CreateFirmwareImageRequest(_message.Message):
+    """The request of CreateFirmwareImage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    FIRMWARE_IMAGE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`deviceModels/{device_model}`."""
+    request_id: _builtins.str
+    """Makes the create idempotent for this caller."""
+    @_builtins.property
+    def firmware_image(self) -> Global___FirmwareImage:
+        """The image; `name` is ignored."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        firmware_image: Global___FirmwareImage | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["firmware_image", b"firmware_image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["firmware_image", b"firmware_image", "parent", b"parent", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateFirmwareImageRequest: _TypeAlias = CreateFirmwareImageRequest  # noqa: Y015
+
+@_typing.final
+class ListFirmwareImagesRequest(_message.Message):
+    """The request of ListFirmwareImages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`deviceModels/{device_model}`."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFirmwareImagesRequest: _TypeAlias = ListFirmwareImagesRequest  # noqa: Y015
+
+@_typing.final
+class ListFirmwareImagesResponse(_message.Message):
+    """The response of ListFirmwareImages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRMWARE_IMAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def firmware_images(self) -> _containers.RepeatedCompositeFieldContainer[Global___FirmwareImage]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        firmware_images: _abc.Iterable[Global___FirmwareImage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["firmware_images", b"firmware_images"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFirmwareImagesResponse: _TypeAlias = ListFirmwareImagesResponse  # noqa: Y015
 
 @_typing.final
 class CreateJobRequest(_message.Message):
@@ -2041,22 +2171,29 @@ class AckCommandRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     SUCCEEDED_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    FIRMWARE_UPDATE_RESULT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`devices/{device}/commands/{command}`: a command sent to the calling device."""
     succeeded: _builtins.bool
     """Whether the device carried it out."""
     result: _builtins.str
     """What the device says, up to 1,024 characters."""
+    firmware_update_result: _builtins.int
+    """For `update_firmware`: the LwM2M firmware update result (object 5, resource 5): 1 success,
+    2 not enough flash, 3 out of RAM, 4 connection lost, 5 integrity check failure, 6 unsupported
+    package type, 7 invalid URI, 8 update failed, 9 unsupported protocol.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         succeeded: _builtins.bool = ...,
         result: _builtins.str = ...,
+        firmware_update_result: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "result", b"result", "succeeded", b"succeeded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["firmware_update_result", b"firmware_update_result", "name", b"name", "result", b"result", "succeeded", b"succeeded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1162,6 +1162,16 @@ class JobServiceStub(object):
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateFirmwareImage = channel.unary_unary(
+                '/cityos.devices.v1.JobService/CreateFirmwareImage',
+                request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.CreateFirmwareImageRequest.SerializeToString,
+                response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.FirmwareImage.FromString,
+                _registered_method=True)
+        self.ListFirmwareImages = channel.unary_unary(
+                '/cityos.devices.v1.JobService/ListFirmwareImages',
+                request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.ListFirmwareImagesRequest.SerializeToString,
+                response_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.ListFirmwareImagesResponse.FromString,
+                _registered_method=True)
         self.CreateJob = channel.unary_unary(
                 '/cityos.devices.v1.JobService/CreateJob',
                 request_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.CreateJobRequest.SerializeToString,
@@ -1182,6 +1192,21 @@ class JobServiceStub(object):
 class JobServiceServicer(object):
     """Operations over many devices, staged: a rollout rate, an abort threshold, a time window, cancel.
     """
+
+    def CreateFirmwareImage(self, request, context):
+        """Registers a firmware image for a device model: its version, where devices download it, and
+        its SHA-256 so they can check it. Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFirmwareImages(self, request, context):
+        """Lists a device model's firmware images, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def CreateJob(self, request, context):
         """Creates and starts a job. Idempotent by request_id.
@@ -1207,6 +1232,16 @@ class JobServiceServicer(object):
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateFirmwareImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateFirmwareImage,
+                    request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.CreateFirmwareImageRequest.FromString,
+                    response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.FirmwareImage.SerializeToString,
+            ),
+            'ListFirmwareImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFirmwareImages,
+                    request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.ListFirmwareImagesRequest.FromString,
+                    response_serializer=cityos_dot_devices_dot_v1_dot_devices__pb2.ListFirmwareImagesResponse.SerializeToString,
+            ),
             'CreateJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateJob,
                     request_deserializer=cityos_dot_devices_dot_v1_dot_devices__pb2.CreateJobRequest.FromString,
@@ -1233,6 +1268,60 @@ def add_JobServiceServicer_to_server(servicer, server):
 class JobService(object):
     """Operations over many devices, staged: a rollout rate, an abort threshold, a time window, cancel.
     """
+
+    @staticmethod
+    def CreateFirmwareImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cityos.devices.v1.JobService/CreateFirmwareImage',
+            cityos_dot_devices_dot_v1_dot_devices__pb2.CreateFirmwareImageRequest.SerializeToString,
+            cityos_dot_devices_dot_v1_dot_devices__pb2.FirmwareImage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFirmwareImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cityos.devices.v1.JobService/ListFirmwareImages',
+            cityos_dot_devices_dot_v1_dot_devices__pb2.ListFirmwareImagesRequest.SerializeToString,
+            cityos_dot_devices_dot_v1_dot_devices__pb2.ListFirmwareImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def CreateJob(request,

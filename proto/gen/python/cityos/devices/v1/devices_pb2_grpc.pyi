@@ -438,6 +438,12 @@ class JobServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> JobServiceAsyncStub: ...
+    CreateFirmwareImage: _grpc.UnaryUnaryMultiCallable[_devices_pb2.CreateFirmwareImageRequest, _devices_pb2.FirmwareImage]
+    """Registers a firmware image for a device model: its version, where devices download it, and
+    its SHA-256 so they can check it. Idempotent by request_id.
+    """
+    ListFirmwareImages: _grpc.UnaryUnaryMultiCallable[_devices_pb2.ListFirmwareImagesRequest, _devices_pb2.ListFirmwareImagesResponse]
+    """Lists a device model's firmware images, newest first."""
     CreateJob: _grpc.UnaryUnaryMultiCallable[_devices_pb2.CreateJobRequest, _devices_pb2.Job]
     """Creates and starts a job. Idempotent by request_id."""
     GetJob: _grpc.UnaryUnaryMultiCallable[_devices_pb2.GetJobRequest, _devices_pb2.Job]
@@ -450,6 +456,12 @@ class JobServiceAsyncStub(JobServiceStub):
     """Operations over many devices, staged: a rollout rate, an abort threshold, a time window, cancel."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateFirmwareImage: _aio.UnaryUnaryMultiCallable[_devices_pb2.CreateFirmwareImageRequest, _devices_pb2.FirmwareImage]  # type: ignore[assignment]
+    """Registers a firmware image for a device model: its version, where devices download it, and
+    its SHA-256 so they can check it. Idempotent by request_id.
+    """
+    ListFirmwareImages: _aio.UnaryUnaryMultiCallable[_devices_pb2.ListFirmwareImagesRequest, _devices_pb2.ListFirmwareImagesResponse]  # type: ignore[assignment]
+    """Lists a device model's firmware images, newest first."""
     CreateJob: _aio.UnaryUnaryMultiCallable[_devices_pb2.CreateJobRequest, _devices_pb2.Job]  # type: ignore[assignment]
     """Creates and starts a job. Idempotent by request_id."""
     GetJob: _aio.UnaryUnaryMultiCallable[_devices_pb2.GetJobRequest, _devices_pb2.Job]  # type: ignore[assignment]
@@ -459,6 +471,24 @@ class JobServiceAsyncStub(JobServiceStub):
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """Operations over many devices, staged: a rollout rate, an abort threshold, a time window, cancel."""
+
+    @_abc_1.abstractmethod
+    def CreateFirmwareImage(
+        self,
+        request: _devices_pb2.CreateFirmwareImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_devices_pb2.FirmwareImage, _abc.Awaitable[_devices_pb2.FirmwareImage]]:
+        """Registers a firmware image for a device model: its version, where devices download it, and
+        its SHA-256 so they can check it. Idempotent by request_id.
+        """
+
+    @_abc_1.abstractmethod
+    def ListFirmwareImages(
+        self,
+        request: _devices_pb2.ListFirmwareImagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_devices_pb2.ListFirmwareImagesResponse, _abc.Awaitable[_devices_pb2.ListFirmwareImagesResponse]]:
+        """Lists a device model's firmware images, newest first."""
 
     @_abc_1.abstractmethod
     def CreateJob(
