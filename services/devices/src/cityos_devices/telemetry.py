@@ -44,6 +44,7 @@ from cityos_platform.tenancy import is_city_wide, not_found
 
 log = logging.getLogger(__name__)
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_READINGS = 1000
 MAX_INGEST_READINGS = 10_000
 # From this many rows, PostgreSQL appends go through COPY and a staging table.
@@ -140,7 +141,7 @@ class Ingestor:
                 prepared.duplicates += 1
                 continue
             in_batch.add(reading.sequence)
-            when = reading.time.ToDatetime(tzinfo=UTC)
+            when = EPOCH + timedelta(seconds=reading.time.seconds, microseconds=reading.time.nanos // 1000)
             values = dict(reading.values)
             prepared.rows.append(
                 {
