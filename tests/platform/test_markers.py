@@ -242,7 +242,7 @@ async def test_a_repeated_request_id_returns_the_first_result_and_a_changed_payl
 async def test_concurrent_repeats_of_one_request_id_create_once(city):
     olga = city.token("olga", "transport", "operator")
     results = await asyncio.gather(
-        *(_create(city, olga, "race", _marker(label="r"), request_id="req-race") for _ in range(8))
+        *(_create(city, olga, "race", _marker(label="r"), request_id="req-race") for _ in range(16))
     )
     assert len({r.etag for r in results}) == 1
     assert len(await _all_events(city, city.token("svc", "city", "service"))) == 1

@@ -241,3 +241,55 @@ def test_cursors_are_opaque_and_checked():
     for bad in ("42", "garbage!", encode_cursor(1)[:-2] + "zz"):
         with pytest.raises(InvalidArgument):
             decode_cursor(bad)
+
+
+@pytest.mark.req("CORE-7")
+async def test_a_twin_request_waits_for_the_first_and_replays_it(database_url):
+    """Two concurrent creates with one request id, the second checking for the resource only after the
+    first committed: without serializing twins, it would see the resource but not the stored result
+    and answer 'already exists'. It must replay the first result instead."""
+    from google.protobuf import wrappers_pb2
+
+    from cityos_platform.auth import Principal
+    from cityos_platform.errors import AlreadyExists
+    from cityos_platform.idempotency import idempotent
+    from cityos_platform.interceptor import CallInfo, _current
+    from cityos_platform.policy import Policy
+
+    db = await _platform_db(database_url)
+    policy = Policy(
+        "/t.v1.S/Create", "t.v1.S", "Create", "t.write", (), False, 0, True, "", 0, None, False, False
+    )
+    _current.set(CallInfo(policy=policy, caller="u", peer="", metadata={}, principal=Principal("u", "org-a")))
+    made: list[str] = []
+    first_inside = asyncio.Event()
+
+    def creator(label: str, pause_before_check: float, pause_after: float):
+        async def create(tx):
+            if label == "first":
+                first_inside.set()
+            await asyncio.sleep(pause_before_check)
+            if made:  # the resource exists already
+                raise AlreadyExists("exists")
+            made.append(label)
+            await asyncio.sleep(pause_after)  # still inside the transaction: not committed yet
+            return wrappers_pb2.StringValue(value=label)
+
+        return create
+
+    request = wrappers_pb2.StringValue(value="req-1")
+
+    async def call(label, before, after):
+        # StringValue has no request_id field: use its `value` as the request id for this test.
+        return await idempotent(
+            db, request, wrappers_pb2.StringValue, creator(label, before, after), request_id_field="value"
+        )
+
+    async def second():
+        await first_inside.wait()
+        return await call("second", 0.3, 0)
+
+    results = await asyncio.gather(call("first", 0, 0.2), second())
+    assert [r.value for r in results] == ["first", "first"]
+    assert made == ["first"]
+    await db.close()

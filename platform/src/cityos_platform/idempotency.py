@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from google.protobuf.message import Message
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from cityos_platform.db import Database, Tx
@@ -65,6 +66,7 @@ async def idempotent(
             return _replay(stored, fingerprint, response_type, request_id_field)
         try:
             async with db.transaction() as tx:
+                await _lock_key(tx, key)  # twins of one request id run one after the other
                 stored = await tx.session.get(IdempotencyKey, key)
                 if stored is not None:  # a concurrent twin committed between our read and our lock
                     return _replay(stored, fingerprint, response_type, request_id_field)
@@ -84,6 +86,18 @@ async def idempotent(
         except IntegrityError:
             continue  # the twin won the insert race on PostgreSQL: read its result
     raise RuntimeError("idempotency key neither stored nor readable after retries")
+
+
+async def _lock_key(tx: Tx, key: tuple[str, str, str, str]) -> None:
+    """On PostgreSQL, a transaction-scoped advisory lock on the key, so concurrent twins of a request
+    wait for the first to commit and then replay its result, instead of racing its create (under
+    READ COMMITTED the twin could otherwise see the first's new resource but not yet its key, and
+    answer ALREADY_EXISTS). SQLite writers are serialized already."""
+    connection = await tx.session.connection()
+    if connection.dialect.name == "postgresql":
+        await tx.session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": "\x1f".join(key)}
+        )
 
 
 def _replay(stored: IdempotencyKey, fingerprint: str, response_type: type[R], field: str) -> R:
