@@ -11,8 +11,6 @@ so a restarted process resumes where the last one stopped.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import re
@@ -38,6 +36,7 @@ from cityos_platform.db import Database, Tx
 from cityos_platform.errors import AlreadyExists, InvalidArgument
 from cityos_platform.idempotency import idempotent
 from cityos_platform.interceptor import current_call
+from cityos_platform.tasks import PeriodicTask
 from cityos_platform.tenancy import is_city_wide, not_found
 
 log = logging.getLogger(__name__)
@@ -91,25 +90,13 @@ class JobRunner:
     def __init__(self, db: Database, areas: AreaRegistry, *, interval_s: float = 1.0) -> None:
         self.db = db
         self.areas = areas
-        self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = PeriodicTask("job runner", interval_s, self.tick)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("job runner tick failed; retrying")
-            await asyncio.sleep(self.interval_s)
+        await self._periodic.stop()
 
     async def tick(self) -> None:
         """Advance every active job by one step."""

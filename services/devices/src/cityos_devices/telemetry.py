@@ -9,7 +9,6 @@ caller gets its answer only after that transaction commits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -40,6 +39,7 @@ from cityos_platform.errors import (
 )
 from cityos_platform.events import decode_cursor, encode_cursor, follow_ordered
 from cityos_platform.interceptor import current_call
+from cityos_platform.tasks import PeriodicTask
 from cityos_platform.tenancy import is_city_wide, not_found
 
 log = logging.getLogger(__name__)
@@ -302,27 +302,19 @@ class SpoolPruner:
     """Runs `prune_spool` periodically in the service process."""
 
     def __init__(self, db: Database, retention: timedelta, interval_s: float = 600.0) -> None:
-        self.db, self.retention, self.interval_s = db, retention, interval_s
-        self._task: asyncio.Task[None] | None = None
+        self.db, self.retention = db, retention
+        self._periodic = PeriodicTask("spool pruning", interval_s, self.prune)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._periodic.stop()
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                removed = await prune_spool(self.db, self.retention)
-                if removed:
-                    log.info("pruned %d readings older than %s from the spool", removed, self.retention)
-            except Exception:
-                log.exception("spool pruning failed; retrying later")
-            await asyncio.sleep(self.interval_s)
+    async def prune(self) -> None:
+        removed = await prune_spool(self.db, self.retention)
+        if removed:
+            log.info("pruned %d readings older than %s from the spool", removed, self.retention)
 
 
 def _record(row: TelemetryRow) -> devices_pb2.TelemetryRecord:
