@@ -196,8 +196,17 @@ class Ingestor:
         rows = [row for batch in batches for row in batch.rows]
         async with self.db.transaction() as tx:
             stored = await self._append(tx, rows) if rows else 0
+            # One query locks and loads every device of the batch, in a fixed order (no deadlocks
+            # between concurrent batches); the updates below then find them in the session.
+            device_ids = sorted({batch.device_id for batch in batches})
+            await tx.session.execute(
+                select(DeviceRow)
+                .where(DeviceRow.device_id.in_(device_ids))
+                .order_by(DeviceRow.device_id)
+                .with_for_update()
+            )
             for batch in batches:
-                await self._update_twin(tx, batch.device_id, batch.latest, None)
+                await self._update_twin(tx, batch.device_id, batch.latest, None, locked=True)
         return stored, sum(b.duplicates for b in batches) + len(rows) - stored
 
     async def _append(self, tx: Tx, rows: list[dict[str, Any]]) -> int:
@@ -257,8 +266,11 @@ class Ingestor:
         device_id: str,
         latest: dict[str, tuple[datetime, float]],
         radio: devices_pb2.RadioReport | None,
+        *,
+        locked: bool = False,
     ) -> None:
-        row = await tx.session.get(DeviceRow, device_id, with_for_update=True)
+        # `locked`: the caller loaded and locked the row in this transaction (the identity map has it).
+        row = await tx.session.get(DeviceRow, device_id, with_for_update=not locked)
         if row is None:
             return
         row.last_seen_time = tx.now
