@@ -37,7 +37,7 @@ test: install ## the whole suite (what CI runs), slow tests included
 test-fast: install ## the suite without the tests marked slow
 	$(RUN) pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: install ## ruff, buf lint, buf breaking (against the previous commit), mypy on the platform
+lint: install ## ruff, buf lint, buf breaking (against the previous commit), mypy on the platform and services
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) buf lint
