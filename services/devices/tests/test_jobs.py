@@ -220,3 +220,50 @@ async def test_a_firmware_job_updates_the_devices_that_report_success(fleet, lam
         )
         versions[n] = device.firmware_version
     assert versions == {0: "2.1.0", 1: "2.1.0", 2: "1.4.2"}
+
+
+@pytest.mark.req("DEV-4")
+async def test_a_desired_state_job_is_rolled_out_and_succeeds_as_devices_receive_it(fleet, lamps, clock):
+    from google.protobuf import struct_pb2
+
+    patch = struct_pb2.Struct()
+    patch.update({"dim_level": 40})
+    job = await jobs(fleet).CreateJob(
+        devices_pb2.CreateJobRequest(
+            job=devices_pb2.Job(
+                desired_patch=patch, target=devices_pb2.JobTarget(tag="main-st"), rollout_per_minute=5
+            ),
+            job_id="dim-40",
+        ),
+        metadata=fleet.operator,
+    )
+    assert (job.state, job.progress.total, job.progress.started) == (devices_pb2.JOB_STATE_RUNNING, 10, 5)
+    received = {}
+    for n in range(5):  # the five started devices wake and get the new desired state
+        when = timestamp_pb2.Timestamp()
+        when.FromDatetime(clock.now())
+        reply = await fleet.telemetry.Report(
+            devices_pb2.ReportRequest(
+                device=f"devices/lamp-{n:02d}",
+                readings=[devices_pb2.Reading(sequence=1, time=when, values={"occupied": 0.0})],
+            ),
+            metadata=lamps[f"lamp-{n:02d}"],
+        )
+        received[n] = dict(reply.twin.desired)
+    assert received == {n: {"dim_level": 40.0} for n in range(5)}
+    progress = (await get(fleet, "jobs/dim-40")).progress
+    assert (progress.started, progress.succeeded) == (5, 5)
+    clock.advance(minutes=1)
+    await fleet.app.jobs.tick()
+    assert (await get(fleet, "jobs/dim-40")).progress.started == 10
+    with pytest.raises(grpc.aio.AioRpcError) as both:
+        await jobs(fleet).CreateJob(
+            devices_pb2.CreateJobRequest(
+                job=devices_pb2.Job(
+                    command="reboot", desired_patch=patch, target=devices_pb2.JobTarget(tag="x")
+                ),
+                job_id="both",
+            ),
+            metadata=fleet.operator,
+        )
+    assert both.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -17,11 +17,11 @@ import re
 from datetime import UTC, timedelta
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from sqlalchemy import func, select
 
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
-from cityos_devices import domain
+from cityos_devices import domain, twin
 from cityos_devices.commands import queue_command, validate_command
 from cityos_devices.models import (
     CommandRow,
@@ -32,6 +32,7 @@ from cityos_devices.models import (
     JobTargetRow,
 )
 from cityos_platform.areas import AreaRegistry
+from cityos_platform.auth import Principal
 from cityos_platform.db import Database, Tx
 from cityos_platform.errors import AlreadyExists, InvalidArgument
 from cityos_platform.idempotency import idempotent
@@ -47,6 +48,20 @@ FAILED = (int(devices_pb2.COMMAND_STATUS_FAILED), int(devices_pb2.COMMAND_STATUS
 
 
 async def progress(tx: Tx, job: JobRow) -> devices_pb2.JobProgress:
+    if job.desired_patch:
+        delivered = (
+            await tx.session.execute(
+                select(JobTargetRow.desired_version, DeviceRow.delivered_desired_version)
+                .join(DeviceRow, DeviceRow.device_id == JobTargetRow.device_id)
+                .where(JobTargetRow.job_id == job.job_id, JobTargetRow.desired_version.is_not(None))
+            )
+        ).all()
+        return devices_pb2.JobProgress(
+            total=job.total,
+            started=len(delivered),
+            succeeded=sum(1 for wanted, got in delivered if wanted is not None and got >= wanted),
+            failed=0,
+        )
     counts = dict(
         (
             await tx.session.execute(
@@ -81,6 +96,8 @@ def job_to_proto(job: JobRow, done: devices_pb2.JobProgress) -> devices_pb2.Job:
         create_time=domain.timestamp(job.create_time),
         firmware_image=job.firmware_image,
     )
+    if job.desired_patch:
+        result.desired_patch.update(job.desired_patch)
     if job.window_end is not None:
         result.window_end.FromDatetime(job.window_end)
     return result
@@ -180,11 +197,21 @@ class JobRunner:
             await tx.session.execute(
                 select(JobTargetRow, DeviceRow)
                 .join(DeviceRow, DeviceRow.device_id == JobTargetRow.device_id)
-                .where(JobTargetRow.job_id == job.job_id, JobTargetRow.command_id.is_(None))
+                .where(
+                    JobTargetRow.job_id == job.job_id,
+                    JobTargetRow.command_id.is_(None),
+                    JobTargetRow.desired_version.is_(None),
+                )
                 .order_by(JobTargetRow.device_id)
                 .limit(count)
+                .with_for_update(of=DeviceRow)
             )
         ).all()
+        if job.desired_patch:
+            patch = json_format.ParseDict(job.desired_patch, struct_pb2.Struct())
+            for target, device in pending:
+                target.desired_version = twin.apply_patch(tx, device, patch, 0).desired_version
+            return
         ttl = timedelta(seconds=job.command_ttl_s)
         for target, device in pending:
             command = queue_command(
@@ -323,14 +350,29 @@ class JobServicer(devices_pb2_grpc.JobServiceServicer):
         caller = current_call().principal
         job = devices_pb2.Job()
         job.CopyFrom(request.job)
+        operations = [bool(job.command), bool(job.firmware_image), job.HasField("desired_patch")]
+        if sum(operations) != 1:
+            raise InvalidArgument.field("job", "set exactly one of command, firmware_image and desired_patch")
+        if job.HasField("desired_patch"):
+            return await self._create(request, job, caller, [])
         if job.firmware_image:
-            if job.command:
-                raise InvalidArgument.field("job.command", "set a command or a firmware image, not both")
             job.command, parameters = await self._firmware_command(job)
             job.parameters.update(parameters)
         ttl = timedelta(seconds=domain.seconds(job.command_ttl))
         violations = validate_command(job.command, dict(job.parameters), ttl, "job.")
         violations = [("job.command_ttl" if f == "job.ttl" else f, d) for f, d in violations]
+        return await self._create(request, job, caller, violations)
+
+    async def _create(
+        self,
+        request: devices_pb2.CreateJobRequest,
+        job: devices_pb2.Job,
+        caller: Principal,
+        violations: domain.Violations,
+    ) -> devices_pb2.Job:
+        ttl = timedelta(seconds=domain.seconds(job.command_ttl))
+        if job.HasField("desired_patch") and not json_format.MessageToDict(job.desired_patch):
+            violations.append(("job.desired_patch", "set or remove at least one key"))
         domain.check_id(request.job_id, "job_id", violations)
         target = job.target
         if not (target.devices or target.type or target.tag or target.area):
@@ -377,6 +419,9 @@ class JobServicer(devices_pb2_grpc.JobServiceServicer):
                 start_time=None,
                 total=0,
                 firmware_image=job.firmware_image,
+                desired_patch=json_format.MessageToDict(job.desired_patch)
+                if job.HasField("desired_patch")
+                else {},
             )
             await self._check_command_supported(tx, job.command, target)
             tx.session.add(row)
@@ -386,7 +431,7 @@ class JobServicer(devices_pb2_grpc.JobServiceServicer):
         return await idempotent(self.db, request, devices_pb2.Job, create)
 
     async def _check_command_supported(self, tx: Tx, command: str, target: devices_pb2.JobTarget) -> None:
-        if not target.type:
+        if not command or not target.type:
             return
         models = (
             await tx.session.scalars(select(DeviceModelRow).where(DeviceModelRow.type == target.type))

@@ -158,6 +158,8 @@ class JobRow(Base):
     total: Mapped[int] = mapped_column(Integer)
     # `deviceModels/{m}/firmwareImages/{v}` for a firmware job; "" for a command job.
     firmware_image: Mapped[str] = mapped_column(String(200), default="")
+    # The patch of a desired-state job; empty for the others.
+    desired_patch: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class JobTargetRow(Base):
@@ -168,6 +170,8 @@ class JobTargetRow(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("device_jobs.job_id"), primary_key=True)
     device_id: Mapped[str] = mapped_column(String(63), primary_key=True)
     command_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # For a desired-state job: the desired version the job's patch produced on this device.
+    desired_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class FirmwareImageRow(Base):

@@ -1803,6 +1803,7 @@ class Job(_message.Message):
     OWNER_ORGANIZATION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     FIRMWARE_IMAGE_FIELD_NUMBER: _builtins.int
+    DESIRED_PATCH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`jobs/{job}`."""
     command: _builtins.str
@@ -1853,6 +1854,12 @@ class Job(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only."""
 
+    @_builtins.property
+    def desired_patch(self) -> _struct_pb2.Struct:
+        """Instead of `command` or `firmware_image`: merge this patch into each target's desired state
+        (as UpdateDesiredState does). A target succeeds once the device has received that version.
+        """
+
     def __init__(
         self,
         *,
@@ -1871,10 +1878,11 @@ class Job(_message.Message):
         owner_organization: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         firmware_image: _builtins.str = ...,
+        desired_patch: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command_ttl", b"command_ttl", "create_time", b"create_time", "progress", b"progress", "target", b"target", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command_ttl", b"command_ttl", "create_time", b"create_time", "desired_patch", b"desired_patch", "progress", b"progress", "target", b"target", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_failure_ratio", b"abort_failure_ratio", "abort_min_finished", b"abort_min_finished", "command", b"command", "command_ttl", b"command_ttl", "create_time", b"create_time", "firmware_image", b"firmware_image", "name", b"name", "owner_organization", b"owner_organization", "parameters", b"parameters", "progress", b"progress", "rollout_per_minute", b"rollout_per_minute", "state", b"state", "target", b"target", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_failure_ratio", b"abort_failure_ratio", "abort_min_finished", b"abort_min_finished", "command", b"command", "command_ttl", b"command_ttl", "create_time", b"create_time", "desired_patch", b"desired_patch", "firmware_image", b"firmware_image", "name", b"name", "owner_organization", b"owner_organization", "parameters", b"parameters", "progress", b"progress", "rollout_per_minute", b"rollout_per_minute", "state", b"state", "target", b"target", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
