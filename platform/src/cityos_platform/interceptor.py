@@ -72,6 +72,8 @@ class CallInfo:
     metadata: Mapping[str, str | bytes]
     principal: Principal = field(default_factory=Principal.anonymous)
     peer_certificate: bytes | None = None  # the TLS client certificate (PEM), under mutual TLS
+    span: trace.Span | None = None
+    finished: bool = False  # recorded (span, metric, access log) already
     resource: str = ""
     code: grpc.StatusCode = grpc.StatusCode.OK
     error_id: str = ""
@@ -216,7 +218,7 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             info = self._begin(policy, context)
             token = _current.set(info)
-            span = self._start_span(policy, context)
+            span = info.span = self._start_span(policy, context)
             admitted = False
             try:
                 with trace.use_span(span, end_on_exit=False):
@@ -247,7 +249,8 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                             self.limits.release_unary()
             finally:
                 _current.reset(token)
-                self._finish(span, info, context)
+                if not info.finished:
+                    self._finish(span, info, context)
 
         return handle
 
@@ -257,7 +260,7 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             info = self._begin(policy, context)
             token = _current.set(info)
-            span = self._start_span(policy, context)
+            span = info.span = self._start_span(policy, context)
             admitted = False
             try:
                 with trace.use_span(span, end_on_exit=False):
@@ -278,7 +281,8 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                             self.limits.release_stream(policy, info.caller)
             finally:
                 _current.reset(token)
-                self._finish(span, info, context)
+                if not info.finished:
+                    self._finish(span, info, context)
 
         return handle
 
@@ -354,6 +358,7 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
         status = internal_status(info.error_id)
         info.code = grpc.StatusCode.INTERNAL
+        self._finish_before_abort(info, context)
         await context.abort(
             grpc.StatusCode.INTERNAL, status.message, trailing_metadata=trailing_metadata(status)
         )
@@ -361,9 +366,17 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     async def _abort(self, context: grpc.aio.ServicerContext, info: CallInfo, error: CityOSError) -> None:
         status = error.to_status()
         info.code = error.code
+        self._finish_before_abort(info, context)
         await context.abort(error.code, status.message, trailing_metadata=trailing_metadata(status))
 
+    def _finish_before_abort(self, info: CallInfo, context: grpc.aio.ServicerContext) -> None:
+        """grpc.aio sends the status inside `abort()`, so the caller may act on it before this handler
+        unwinds: record the call first, so whatever the caller does next finds it in the access log."""
+        if info.span is not None and not info.finished:
+            self._finish(info.span, info, context)
+
     def _finish(self, span: trace.Span, info: CallInfo, context: grpc.aio.ServicerContext) -> None:
+        info.finished = True
         code = info.code
         if code == grpc.StatusCode.OK:
             reported = context.code()
