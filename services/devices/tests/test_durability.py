@@ -3,6 +3,7 @@ restart; when the durable write fails, no ack is sent (and nothing half-written 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -138,14 +139,9 @@ async def test_a_batch_acked_before_kill_9_is_there_after_restart(database_url, 
         service.stop()
 
 
-@pytest.mark.req("DEV-5")
-async def test_when_the_durable_write_fails_no_ack_is_sent_and_nothing_is_kept(fleet):
+async def _refuse_spool_writes(db) -> None:
     """A real failure of the database write (a trigger refusing inserts, as a full disk or a lost
-    primary would), not a mock: the call fails, and neither readings nor last-seen state change."""
-    await fleet.model()
-    await fleet.device("pk-1")
-    token = await fleet.device_token("pk-1")
-    db = fleet.app.db
+    primary would), not a mock."""
     async with db.transaction() as tx:
         if db.dialect == "postgresql":
             await tx.session.execute(
@@ -167,6 +163,23 @@ async def test_when_the_durable_write_fails_no_ack_is_sent_and_nothing_is_kept(f
                     "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
                 )
             )
+
+
+async def _allow_spool_writes(db) -> None:
+    async with db.transaction() as tx:
+        await tx.session.execute(
+            text("DROP TRIGGER disk_full" + (" ON telemetry" if db.dialect == "postgresql" else ""))
+        )
+
+
+@pytest.mark.req("DEV-5")
+async def test_when_the_durable_write_fails_no_ack_is_sent_and_nothing_is_kept(fleet):
+    """The call fails, and neither readings nor last-seen state change."""
+    await fleet.model()
+    await fleet.device("pk-1")
+    token = await fleet.device_token("pk-1")
+    db = fleet.app.db
+    await _refuse_spool_writes(db)
     request = devices_pb2.ReportRequest(device="devices/pk-1", readings=[_reading(1), _reading(2)])
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await fleet.telemetry.Report(request, metadata=token, timeout=10)
@@ -177,10 +190,50 @@ async def test_when_the_durable_write_fails_no_ack_is_sent_and_nothing_is_kept(f
         devices_pb2.GetDeviceRequest(name="devices/pk-1"), metadata=fleet.operator
     )
     assert not device.HasField("last_seen_time")  # the twin update rolled back with the write
-    async with db.transaction() as tx:
-        await tx.session.execute(
-            text("DROP TRIGGER disk_full" + (" ON telemetry" if db.dialect == "postgresql" else ""))
-        )
+    await _allow_spool_writes(db)
     # The device retries the same batch once the store is back: accepted, once.
     retried = await fleet.telemetry.Report(request, metadata=token, timeout=10)
     assert (retried.accepted, retried.duplicates) == (2, 0)
+
+
+@pytest.mark.req("DEV-5")
+async def test_a_bulk_batch_whose_write_fails_is_not_acked_and_earlier_acks_stand(fleet):
+    """Ingest with several batches in flight: the batch written before the store failed keeps its ack
+    and its readings; the failing batch (large, so on PostgreSQL it takes the COPY path) gets no ack,
+    the call ends with INTERNAL, and nothing of it is kept."""
+    await fleet.model()
+    await fleet.device("pk-1")
+    db = fleet.app.db
+    first_acked = asyncio.Event()
+
+    async def batches():
+        yield devices_pb2.IngestRequest(
+            batch_id=1,
+            devices=[devices_pb2.DeviceReadings(device="devices/pk-1", readings=[_reading(1), _reading(2)])],
+        )
+        await first_acked.wait()
+        await _refuse_spool_writes(db)
+        yield devices_pb2.IngestRequest(
+            batch_id=2,
+            devices=[
+                devices_pb2.DeviceReadings(
+                    device="devices/pk-1", readings=[_reading(n) for n in range(100, 400)]
+                )
+            ],
+        )
+
+    acks = []
+
+    async def consume():
+        async for ack in fleet.telemetry.Ingest(batches(), metadata=fleet.operator, timeout=30):
+            acks.append((ack.batch_id, ack.accepted))
+            first_acked.set()
+
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await consume()
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    assert acks == [(1, 2)]
+    await _allow_spool_writes(db)
+    async with db.read() as session:
+        stored = (await session.execute(text("SELECT sequence FROM telemetry ORDER BY sequence"))).scalars()
+        assert list(stored) == [1, 2]

@@ -229,3 +229,64 @@ async def test_the_spool_keeps_only_its_retention_window(fleet, sensors, clock):
     assert await prune_spool(fleet.app.db, timedelta(hours=72), batch=2) == 3
     assert [r.reading.sequence for r in await _feed(fleet)] == [4]
     assert await prune_spool(fleet.app.db, timedelta(hours=72)) == 0
+
+
+@pytest.mark.req("DEV-6")
+async def test_bulk_ingest_drops_stored_duplicates_and_merges_a_device_listed_twice(fleet, sensors):
+    """Batches from 200 readings go straight into the spool by COPY; a batch overlapping readings
+    already stored makes that COPY fail on the unique key and takes the staging-table path instead.
+    Either way the counts are exact and the twin holds each metric's newest value."""
+    base = datetime.now(UTC) - timedelta(minutes=30)
+
+    def readings(first, last, **values):
+        return [reading(n, at=base + timedelta(seconds=n), **values) for n in range(first, last + 1)]
+
+    async def ingest(*requests):
+        async def stream():
+            for request in requests:
+                yield request
+
+        return [ack async for ack in fleet.telemetry.Ingest(stream(), metadata=fleet.operator, timeout=30)]
+
+    fresh = devices_pb2.IngestRequest(
+        batch_id=1,
+        devices=[
+            devices_pb2.DeviceReadings(device="devices/pk-a", readings=readings(1, 300, occupied=1.0)),
+            devices_pb2.DeviceReadings(device="devices/pk-b", readings=readings(1, 300, occupied=0.0)),
+        ],
+    )
+    overlapping = devices_pb2.IngestRequest(
+        batch_id=2,
+        devices=[
+            devices_pb2.DeviceReadings(device="devices/pk-a", readings=readings(251, 500, occupied=0.0)),
+            # The same device again in the same batch: its newer readings win in the twin.
+            devices_pb2.DeviceReadings(device="devices/pk-a", readings=readings(501, 520, battery_v=3.1)),
+        ],
+    )
+    acks = await ingest(fresh, overlapping)
+    assert [(a.batch_id, a.accepted, a.duplicates) for a in acks] == [(1, 600, 0), (2, 220, 50)]
+    feed = [(r.device, r.reading.sequence) for r in await _feed(fleet)]
+    assert len(feed) == len(set(feed)) == 820
+    twin = await fleet.registry.GetTwin(
+        devices_pb2.GetTwinRequest(device="devices/pk-a"), metadata=fleet.operator
+    )
+    assert dict(twin.reported) == {"occupied": 0.0, "battery_v": 3.1}
+
+
+@pytest.mark.req("DEV-6")
+async def test_acks_come_in_batch_order_with_several_batches_in_flight(fleet, sensors):
+    async def stream():
+        for batch in range(1, 9):
+            first = batch * 1000
+            yield devices_pb2.IngestRequest(
+                batch_id=batch,
+                devices=[
+                    devices_pb2.DeviceReadings(
+                        device="devices/pk-a", readings=[reading(n) for n in range(first, first + 250)]
+                    )
+                ],
+            )
+
+    acks = [ack async for ack in fleet.telemetry.Ingest(stream(), metadata=fleet.operator, timeout=30)]
+    assert [(a.batch_id, a.accepted) for a in acks] == [(batch, 250) for batch in range(1, 9)]
+    assert len(await _feed(fleet)) == 8 * 250

@@ -60,7 +60,8 @@ class DeviceRow(OwnedMixin, LocatedMixin, Base):
     # The last radio report.
     last_radio: Mapped[dict[str, Any]] = mapped_column(JSON)
     last_rsrp_dbm: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    last_seen_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True, index=True)
+    # Not indexed: it moves with every uplink, and unindexed it leaves those updates HOT (migration 0008).
+    last_seen_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     # The latest reported value of each metric (the reported side of the twin).
     reported: Mapped[dict[str, Any]] = mapped_column(JSON)
     reported_version: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -107,7 +108,7 @@ class TelemetryRow(Base):
     type: Mapped[str] = mapped_column(String(63))
     owner_organization: Mapped[str] = mapped_column(String(64))
     area_cell: Mapped[str] = mapped_column(String(16))
-    received_time: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    received_time: Mapped[datetime] = mapped_column(UtcDateTime())
 
     __table_args__ = (UniqueConstraint("device_id", "sequence", name="uq_telemetry_device_sequence"),)
 

@@ -4,6 +4,7 @@ reported state (the latest value of each metric), each versioned."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -63,6 +64,22 @@ def apply_patch(tx: Tx, row: DeviceRow, patch: struct_pb2.Struct, expected_versi
     row.desired_version += 1
     row.desired_time = tx.now
     return to_proto(row)
+
+
+def merge_reported(
+    reported: dict[str, Any], latest: dict[str, tuple[datetime, float]]
+) -> tuple[dict[str, Any], bool]:
+    """The reported state with each metric's latest reading applied, unless a newer one is there
+    already (a late, out-of-order reading never overwrites a newer value); and whether it changed."""
+    merged = dict(reported)
+    changed = False
+    for metric, (when, value) in latest.items():
+        stamp = when.isoformat()
+        known = merged.get(metric)
+        if known is None or known["time"] <= stamp:
+            changed = changed or known is None or known["value"] != value
+            merged[metric] = {"value": value, "time": stamp}
+    return merged, changed
 
 
 def pending_for_device(row: DeviceRow) -> devices_pb2.Twin | None:
