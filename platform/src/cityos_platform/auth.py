@@ -49,8 +49,8 @@ JWKS_FETCH_TIMEOUT_S = 5.0
 _KEY_FAMILY = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
 _PRINTABLE_ALG = re.compile(r"[A-Za-z0-9]{1,16}")
 
-Kind = Literal["user", "service", "device", "anonymous"]
-_TOKEN_KINDS: tuple[Kind, ...] = ("user", "service", "device")
+Kind = Literal["user", "service", "device", "api_key", "anonymous"]
+_TOKEN_KINDS: tuple[Kind, ...] = ("user", "service", "device", "api_key")
 SERVICE_ACCOUNT_PREFIX = "service-account-"
 
 
@@ -66,6 +66,8 @@ class Principal:
     token_id: str = ""
     scopes: frozenset[str] = field(default_factory=frozenset)
     on_behalf_of: str = ""
+    # Calls per minute this caller may make (an API key's quota, the `cityos_quota` claim); 0: none.
+    quota_per_minute: int = 0
 
     @classmethod
     def anonymous(cls) -> Principal:
@@ -131,7 +133,11 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
         kind = "service"  # Keycloak's client-credentials tokens
     else:
         kind = "user"
+    quota = claims.get("cityos_quota", 0)
+    if isinstance(quota, bool) or not isinstance(quota, int) or quota < 0:
+        raise _malformed("the token's 'cityos_quota' claim is not a non-negative integer")
     return Principal(
+        quota_per_minute=quota,
         subject=subject,
         organization=_optional_str(claims, "org"),
         roles=frozenset(roles),

@@ -3,7 +3,8 @@
 `Authenticator` turns the call's metadata into a `Principal`: a verified bearer token, or the anonymous
 principal when there is none (which only public methods accept). `authorize()` applies the method's
 policy: public methods admit anyone; others need one of the declared roles (`city-admin` holds every
-permission), or the permission itself among the token's scopes (API-key tokens carry scopes).
+permission except those only a separated role holds: the audit trail is the auditors' alone), or the
+permission itself among the token's scopes (API-key tokens carry scopes and no roles).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from cityos_platform.errors import PermissionDenied, Unauthenticated
 from cityos_platform.policy import Policy
 
 SUPERUSER_ROLE = "city-admin"
+# Separation of duties: roles the superuser does not hold implicitly. A method whose roles are all
+# separated (the audit trail's reads, for `auditor`) is closed to city-admin too.
+SEPARATED_ROLES = frozenset({"auditor"})
 
 
 # Verifies a service-specific opaque token (e.g. a device's access token) into a principal.
@@ -79,7 +83,9 @@ def authorize(policy: Policy, principal: Principal) -> None:
         raise Unauthenticated(
             "this method needs a bearer token (authorization: Bearer <token>)", reason="TOKEN_REQUIRED"
         )
-    if principal.has_role(SUPERUSER_ROLE, *policy.roles) or policy.permission in principal.scopes:
+    if principal.has_role(*policy.roles) or policy.permission in principal.scopes:
+        return
+    if principal.has_role(SUPERUSER_ROLE) and not set(policy.roles) <= SEPARATED_ROLES:
         return
     raise PermissionDenied(
         f"{policy.method} needs permission {policy.permission!r}"

@@ -38,6 +38,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from cityos_platform.accesslog import AccessLog, AccessRecord
 from cityos_platform.auth import Principal
 from cityos_platform.authz import Authenticator, authorize
+from cityos_platform.clock import SYSTEM_CLOCK, Clock
 from cityos_platform.config import Settings
 from cityos_platform.errors import (
     CityOSError,
@@ -101,6 +102,9 @@ def peer_host(peer: str) -> str:
     return peer
 
 
+QUOTA_TRACKED = 10_000
+
+
 class Limits:
     """Admission control: unary in-flight limit, and stream caps per class, per caller and in total.
 
@@ -114,6 +118,8 @@ class Limits:
         self.unary_inflight = 0
         self.streams_total: dict[int, int] = defaultdict(int)
         self.streams_by_caller: dict[tuple[int, str], int] = defaultdict(int)
+        # Quota callers: subject -> (the clock minute counted, calls in it).
+        self.quota_used: dict[str, tuple[int, int]] = {}
 
     def admit_unary(self) -> None:
         if self.unary_inflight >= self.unary_limit:
@@ -124,6 +130,29 @@ class Limits:
                 retry_after_s=0.2,
             )
         self.unary_inflight += 1
+
+    def admit_quota(self, principal: Principal, now_s: float) -> None:
+        """A caller with a quota (an API key's token) gets at most `quota_per_minute` calls in each
+        clock minute, counted in this process (so per replica)."""
+        quota = principal.quota_per_minute
+        if not quota:
+            return
+        minute = int(now_s // 60)
+        window, used = self.quota_used.get(principal.subject, (minute, 0))
+        if window != minute:
+            window, used = minute, 0
+        if used >= quota:
+            raise ResourceExhausted(
+                f"this API key's quota of {quota} calls a minute is used up",
+                reason="API_KEY_QUOTA",
+                metadata={"quota_per_minute": str(quota), "subject": principal.subject},
+                retry_after_s=max(0.1, (minute + 1) * 60 - now_s),
+            )
+        self.quota_used[principal.subject] = (window, used + 1)
+        if len(self.quota_used) > QUOTA_TRACKED:
+            # Forget the callers of past minutes (their counts no longer matter).
+            for subject in [s for s, (w, _) in self.quota_used.items() if w != minute]:
+                del self.quota_used[subject]
 
     def release_unary(self) -> None:
         self.unary_inflight -= 1
@@ -168,7 +197,9 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         *,
         authenticator: Authenticator | None = None,
         access_records: AccessLog | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
         self.policies = dict(policies)
         self.settings = settings
         self.telemetry = telemetry
@@ -311,6 +342,7 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             if not info.principal.is_anonymous:
                 info.caller = info.principal.subject
         authorize(policy, info.principal)
+        self.limits.admit_quota(info.principal, self.clock.timestamp())
         if not policy.client_streaming and policy.resource_field:
             info.resource = resource_of(request, policy.resource_field)
         request = self._checked(request, policy, policy.client_streaming)

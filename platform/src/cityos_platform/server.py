@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cityos_platform.accesslog import AccessLog
 from cityos_platform.authz import Authenticator
+from cityos_platform.clock import SYSTEM_CLOCK, Clock
 from cityos_platform.config import Settings
 from cityos_platform.interceptor import RuntimeInterceptor
 from cityos_platform.policy import service_policies
@@ -130,6 +131,7 @@ async def serve(
     authenticator: Authenticator | _FromSettings | None = FROM_SETTINGS,
     access_log: AccessLog | _FromSettings | None = FROM_SETTINGS,
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    clock: Clock = SYSTEM_CLOCK,
 ) -> RunningServer:
     """Build, bind and start a server for `mounts`; returns at once with the bound port.
 
@@ -150,6 +152,7 @@ async def serve(
         label,
         authenticator=authenticator,
         access_records=access_log,
+        clock=clock,
     )
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),

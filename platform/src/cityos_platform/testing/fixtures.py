@@ -108,10 +108,18 @@ async def start_server(
     async def start(mounts: Sequence[Mount], **overrides: Any) -> RunningServer:
         telemetry = overrides.pop("telemetry", telemetry_capture.telemetry)
         authenticator = overrides.pop("authenticator", authenticator_for(dev_issuer))
-        access_log = AccessLog(tmp_path / "audit" / f"access-{len(running)}.jsonl")
+        clock = overrides.pop("clock", SYSTEM_CLOCK)
+        access_log = overrides.pop("access_log", None) or AccessLog(
+            tmp_path / "audit" / f"access-{len(running)}.jsonl"
+        )
         settings = load_settings(**{"host": "127.0.0.1", "port": 0, "grace_s": 0.5, **overrides})
         server = await serve(
-            mounts, settings, telemetry=telemetry, authenticator=authenticator, access_log=access_log
+            mounts,
+            settings,
+            telemetry=telemetry,
+            authenticator=authenticator,
+            access_log=access_log,
+            clock=clock,
         )
         running.append(server)
         return server

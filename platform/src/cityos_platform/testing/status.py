@@ -33,3 +33,10 @@ def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
     info = detail(rich_status(error), error_details_pb2.ErrorInfo)
     assert isinstance(info, error_details_pb2.ErrorInfo)
     return info
+
+
+def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """The (field, description) pairs of the BadRequest detail a failed call carried (asserts one)."""
+    bad = detail(rich_status(error), error_details_pb2.BadRequest)
+    assert isinstance(bad, error_details_pb2.BadRequest), f"no BadRequest detail on {error}"
+    return [(violation.field, violation.description) for violation in bad.field_violations]

@@ -27,7 +27,7 @@ from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ityos/common/v1/events.proto\x12\x10\x63ityos.common.v1\x1a\x1d\x63ityos/common/v1/policy.proto\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x16\n\x0eschema_version\x18\x03 \x01(\r\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x1a\n\x12owner_organization\x18\x06 \x01(\t\x12\x11\n\tarea_cell\x18\x07 \x01(\t\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\t \x01(\t\x12%\n\x07payload\x18\n \x01(\x0b\x32\x14.google.protobuf.Any\x12\x0e\n\x06\x63ursor\x18\x0b \x01(\t\"y\n\x13StreamEventsRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\t\x12\x15\n\rtype_prefixes\x18\x02 \x03(\t\x12\x12\n\narea_cells\x18\x03 \x03(\t\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x12\x11\n\tmax_batch\x18\x05 \x01(\r\"O\n\x14StreamEventsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.cityos.common.v1.Event\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t2\xbb\x01\n\x0c\x45ventService\x12\xaa\x01\n\x0cStreamEvents\x12%.cityos.common.v1.StreamEventsRequest\x1a&.cityos.common.v1.StreamEventsResponse\"I\xc2\xf3\x18\x45\n\x0b\x65vents.read\x12\x07service\x12\x07\x61uditor\x12\torg-admin\x12\x08operator\x12\x07\x61nalyst \x01(\x01\x38\x80\x80\x04\x30\x01\x42S\n\x14org.cityos.common.v1P\x01Z9github.com/cityos/cityos/gen/go/cityos/common/v1;commonv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ityos/common/v1/events.proto\x12\x10\x63ityos.common.v1\x1a\x1d\x63ityos/common/v1/policy.proto\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x16\n\x0eschema_version\x18\x03 \x01(\r\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x1a\n\x12owner_organization\x18\x06 \x01(\t\x12\x11\n\tarea_cell\x18\x07 \x01(\t\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\t \x01(\t\x12%\n\x07payload\x18\n \x01(\x0b\x32\x14.google.protobuf.Any\x12\x0e\n\x06\x63ursor\x18\x0b \x01(\t\"y\n\x13StreamEventsRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\t\x12\x15\n\rtype_prefixes\x18\x02 \x03(\t\x12\x12\n\narea_cells\x18\x03 \x03(\t\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x12\x11\n\tmax_batch\x18\x05 \x01(\r\"O\n\x14StreamEventsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.cityos.common.v1.Event\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t2\xb2\x01\n\x0c\x45ventService\x12\xa1\x01\n\x0cStreamEvents\x12%.cityos.common.v1.StreamEventsRequest\x1a&.cityos.common.v1.StreamEventsResponse\"@\xc2\xf3\x18<\n\x0b\x65vents.read\x12\x07service\x12\torg-admin\x12\x08operator\x12\x07\x61nalyst \x01(\x01\x38\x80\x80\x04\x30\x01\x42S\n\x14org.cityos.common.v1P\x01Z9github.com/cityos/cityos/gen/go/cityos/common/v1;commonv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,7 +36,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\024org.cityos.common.v1P\001Z9github.com/cityos/cityos/gen/go/cityos/common/v1;commonv1'
   _globals['_EVENTSERVICE'].methods_by_name['StreamEvents']._loaded_options = None
-  _globals['_EVENTSERVICE'].methods_by_name['StreamEvents']._serialized_options = b'\302\363\030E\n\013events.read\022\007service\022\007auditor\022\torg-admin\022\010operator\022\007analyst \001(\0018\200\200\004'
+  _globals['_EVENTSERVICE'].methods_by_name['StreamEvents']._serialized_options = b'\302\363\030<\n\013events.read\022\007service\022\torg-admin\022\010operator\022\007analyst \001(\0018\200\200\004'
   _globals['_EVENT']._serialized_start=143
   _globals['_EVENT']._serialized_end=405
   _globals['_STREAMEVENTSREQUEST']._serialized_start=407
@@ -44,5 +44,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMEVENTSRESPONSE']._serialized_start=530
   _globals['_STREAMEVENTSRESPONSE']._serialized_end=609
   _globals['_EVENTSERVICE']._serialized_start=612
-  _globals['_EVENTSERVICE']._serialized_end=799
+  _globals['_EVENTSERVICE']._serialized_end=790
 # @@protoc_insertion_point(module_scope)

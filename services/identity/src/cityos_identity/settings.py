@@ -1,0 +1,30 @@
+"""Settings of the identity service beyond the platform's (`CITYOS_IDENTITY_*`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class IdentitySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CITYOS_IDENTITY_", extra="ignore", frozen=True)
+
+    # Where people and service accounts are mirrored for sign-in: `embedded` (nothing to mirror: the
+    # built-in issuer signs from this service's records) or `keycloak` (CITYOS_KEYCLOAK_* settings).
+    directory: Literal["embedded", "keycloak"] = "embedded"
+
+    # The key that signs the tokens this service issues (API-key exchanges, the embedded
+    # client-credentials grant): a folder holding `dev-issuer-key.pem`; empty: `<var>/issuer`, the
+    # built-in issuer's own key, so that embedded services verify them with the JWKS they already trust.
+    signing_key_dir: str = ""
+    # The `iss` of those tokens; empty: CITYOS_AUTH_ISSUER.
+    token_issuer: str = ""
+    # Lifetime of an issued token: a revoked key's last token lives at most this long.
+    token_ttl_s: int = Field(default=300, ge=30, le=3600)
+
+    # How often the access logs under the platform's audit folder are imported into the audit trail,
+    # and how often ended concessions are enforced.
+    audit_import_interval_s: float = Field(default=5.0, gt=0)
+    concession_check_interval_s: float = Field(default=30.0, gt=0)
