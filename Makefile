@@ -56,6 +56,22 @@ vendor-protos: install ## re-copy the google/rpc protos we import from the googl
 bench: install ## run the benchmarks; each prints ratios against a baseline measured in the same run
 	@for b in bench/*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
 
+# The chart checks run in their own environment: helm-python-sdk (Helm's engine, no helm binary) needs
+# Python 3.12, which pyenv provides; the workspace stays on 3.11. Pinned in tests/helm/requirements.txt.
+HELM_PYTHON ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.12.*/bin/python3.12 $(HOME)/.pyenv/versions/3.12.*/bin/python3.12) $(shell command -v python3.12 2>/dev/null))
+HELM_VENV := .tools/helm-venv
+
+$(HELM_VENV)/.installed: tests/helm/requirements.txt | $(UV)
+	@test -n "$(HELM_PYTHON)" || { echo "helm-lint needs Python 3.12 (pyenv install 3.12)"; exit 1; }
+	$(UV) venv --clear --quiet --python $(HELM_PYTHON) $(HELM_VENV)
+	$(UV) pip install --quiet --python $(HELM_VENV)/bin/python -r tests/helm/requirements.txt
+	@touch $@
+
+.PHONY: helm-lint
+helm-lint: install $(HELM_VENV)/.installed ## lint + render helm/cityos (every ci/ scenario), validate objects, hadolint, tests/helm
+	$(HELM_VENV)/bin/python scripts/helm_check.py
+	UV=$(UV) $(HELM_VENV)/bin/python -m pytest -c tests/helm/pytest-helm.ini --rootdir tests/helm tests/helm $(PYTEST_ARGS)
+
 clean: ## remove local state (var/), caches and the virtualenv
 	rm -rf var .venv .tools .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
