@@ -34,11 +34,11 @@ from cityos_devices.models import (
 from cityos_platform.areas import AreaRegistry
 from cityos_platform.auth import Principal
 from cityos_platform.db import Database, Tx
-from cityos_platform.errors import AlreadyExists, InvalidArgument
+from cityos_platform.errors import AlreadyExists, InvalidArgument, PermissionDenied
 from cityos_platform.idempotency import idempotent
 from cityos_platform.interceptor import current_call
 from cityos_platform.tasks import PeriodicTask
-from cityos_platform.tenancy import is_city_wide, not_found
+from cityos_platform.tenancy import Access, can_reach, is_city_wide, not_found
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +285,17 @@ class JobServicer(devices_pb2_grpc.JobServiceServicer):
             raise InvalidArgument.many(violations)
 
         async def create(tx: Tx) -> devices_pb2.FirmwareImage:
-            if await tx.session.get(DeviceModelRow, model_id) is None:
+            model = await tx.session.get(DeviceModelRow, model_id)
+            if model is None:
                 raise not_found("device model", request.parent)
+            if model.owner_organization != caller.organization and not is_city_wide(caller):
+                # Models are a city-wide catalog, but only the model's owner publishes its firmware:
+                # anyone else could offer the fleet a package of their choosing.
+                raise PermissionDenied(
+                    f"only {model.owner_organization} (the model's owner) registers its firmware",
+                    reason="NOT_MODEL_OWNER",
+                    metadata={"model_owner": model.owner_organization},
+                )
             if await tx.session.get(FirmwareImageRow, (model_id, image.version)) is not None:
                 raise AlreadyExists(
                     f"{request.parent} already has firmware {image.version}", reason="FIRMWARE_EXISTS"
@@ -424,6 +433,12 @@ class JobServicer(devices_pb2_grpc.JobServiceServicer):
                 else {},
             )
             await self._check_command_supported(tx, job.command, target)
+            # Devices named explicitly must be ones the caller may change: another organization's
+            # device is as unknown here as anywhere else.
+            for name in target.devices:
+                device = await tx.session.get(DeviceRow, name.partition("/")[2])
+                if device is None or not can_reach(device, caller, Access.WRITE):
+                    raise not_found("device", name)
             tx.session.add(row)
             await self.runner._advance(tx, row)  # start at once when the window is open
             return job_to_proto(row, await progress(tx, row))

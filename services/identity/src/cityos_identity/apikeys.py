@@ -112,6 +112,12 @@ class ApiKeyServicer(identity_pb2_grpc.ApiKeyServiceServicer):
                 details={"scopes": " ".join(row.scopes), "quota_per_minute": str(row.quota_per_minute)},
             )
             shown.append(secret)
+            tx.emit(
+                "identity.api_key.created",
+                domain.api_key_to_proto(row),
+                subject=f"apiKeys/{row.key_id}",
+                owner_organization=organization_id,
+            )
             # What the idempotency record keeps has no key: a replay does not show it again.
             return identity_pb2.CreateApiKeyResponse(api_key=domain.api_key_to_proto(row))
 
@@ -172,6 +178,12 @@ class ApiKeyServicer(identity_pb2_grpc.ApiKeyServiceServicer):
             if row.revoke_time is None:
                 row.revoke_time = tx.now
                 audit.record(tx, identity_pb2.AUDIT_KIND_KEY_USE, "api_key.revoked", resource=request.name)
+                tx.emit(
+                    "identity.api_key.revoked",
+                    domain.api_key_to_proto(row),
+                    subject=request.name,
+                    owner_organization=row.organization_id,
+                )
             return domain.api_key_to_proto(row)
 
     async def ExchangeApiKey(

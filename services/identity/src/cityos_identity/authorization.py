@@ -6,7 +6,8 @@ this service knows rather than to a token: a role listed by the permission's RPC
 (`city-admin` holds every permission except the auditors' alone); an API key holds its scopes and
 nothing else; a disabled person or service account, a revoked key, or an organization whose
 concession has not started or has ended holds nothing; and a resource of another organization is
-reachable only with a city-wide role.
+reachable only with a city-wide role. A caller without a city-wide role asks about the subjects of its
+own organization only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from cityos_identity.policies import permissions, policy_table
 from cityos_platform.authz import SEPARATED_ROLES, SUPERUSER_ROLE
 from cityos_platform.db import Database
 from cityos_platform.errors import InvalidArgument
-from cityos_platform.tenancy import CITY_WIDE_ROLES, not_found
+from cityos_platform.interceptor import current_call
+from cityos_platform.tenancy import CITY_WIDE_ROLES, is_city_wide, not_found
 
 SUBJECT_KINDS: dict[str, type[UserRow | ServiceAccountRow | ApiKeyRow]] = {
     "users": UserRow,
@@ -62,7 +64,13 @@ class AuthorizationServicer(identity_pb2_grpc.AuthorizationServiceServicer):
             organization = (
                 await session.get(OrganizationRow, row.organization_id) if row is not None else None
             )
-        if row is None or organization is None:
+        caller = current_call().principal
+        if (
+            row is None
+            or organization is None
+            or not (is_city_wide(caller) or row.organization_id == caller.organization)
+        ):
+            # Another organization's subjects are as unknown as missing ones.
             raise not_found(collection.rstrip("s"), request.subject)
         now = self.db.clock.now()
         if domain.organization_state(organization, now) != identity_pb2.ORGANIZATION_STATE_ACTIVE:

@@ -152,7 +152,14 @@ class OrganizationServicer(identity_pb2_grpc.OrganizationServiceServicer):
                 resource=f"organizations/{row.organization_id}",
             )
             await self.directory.ensure_organization(row.organization_id, row.display_name)
-            return domain.organization_to_proto(row, tx.now)
+            created = domain.organization_to_proto(row, tx.now)
+            tx.emit(
+                "identity.organization.created",
+                created,
+                subject=created.name,
+                owner_organization=row.organization_id,
+            )
+            return created
 
         return await idempotent(self.db, request, identity_pb2.Organization, create)
 
@@ -266,6 +273,9 @@ class OrganizationServicer(identity_pb2_grpc.OrganizationServiceServicer):
                 resource=organization.name,
                 details=details,
             )
+            tx.emit(
+                "identity.organization.updated", after, subject=after.name, owner_organization=organization_id
+            )
         await self.directory.ensure_organization(row.organization_id, row.display_name)
         return after
 
@@ -337,6 +347,12 @@ class ConcessionEnforcer:
                 for account in accounts:
                     await self.directory.set_service_account_enabled(account.client_id, False)
                 row.access_ended_time = tx.now
+                tx.emit(
+                    "identity.organization.access_ended",
+                    domain.organization_to_proto(row, tx.now),
+                    subject=f"organizations/{organization_id}",
+                    owner_organization=organization_id,
+                )
                 audit.record(
                     tx,
                     identity_pb2.AUDIT_KIND_ROLE_CHANGE,

@@ -132,7 +132,11 @@ class UserServicer(identity_pb2_grpc.UserServiceServicer):
                 details={"roles": ",".join(row.roles), "organization": organization_id},
             )
             await self.directory.ensure_user(_directory_user(row))
-            return domain.user_to_proto(row)
+            created = domain.user_to_proto(row)
+            tx.emit(
+                "identity.user.created", created, subject=created.name, owner_organization=organization_id
+            )
+            return created
 
         return await idempotent(self.db, request, identity_pb2.User, create)
 
@@ -235,7 +239,11 @@ class UserServicer(identity_pb2_grpc.UserServiceServicer):
             row.etag = uuid.uuid4().hex[:16]
             row.update_time = tx.now
             await self.directory.ensure_user(_directory_user(row))
-            return domain.user_to_proto(row)
+            updated = domain.user_to_proto(row)
+            tx.emit(
+                "identity.user.updated", updated, subject=updated.name, owner_organization=row.organization_id
+            )
+            return updated
 
     async def _set_disabled(self, name: str, disabled: bool) -> identity_pb2.User:
         caller = current_call().principal
@@ -257,6 +265,12 @@ class UserServicer(identity_pb2_grpc.UserServiceServicer):
                     resource=name,
                 )
                 await self.directory.set_user_enabled(row.user_id, not disabled)
+                tx.emit(
+                    "identity.user.disabled" if disabled else "identity.user.enabled",
+                    domain.user_to_proto(row),
+                    subject=name,
+                    owner_organization=row.organization_id,
+                )
             return domain.user_to_proto(row)
 
     async def DisableUser(
@@ -339,6 +353,12 @@ class ServiceAccountServicer(identity_pb2_grpc.ServiceAccountServiceServicer):
                 DirectoryServiceAccount(row.client_id, organization_id, frozenset(row.roles)), secret
             )
             shown.append(secret)
+            tx.emit(
+                "identity.service_account.created",
+                domain.service_account_to_proto(row),
+                subject=f"serviceAccounts/{row.account_id}",
+                owner_organization=organization_id,
+            )
             # What the idempotency record keeps has no secret: a replay does not show it again.
             return identity_pb2.CreateServiceAccountResponse(
                 service_account=domain.service_account_to_proto(row)
@@ -409,6 +429,12 @@ class ServiceAccountServicer(identity_pb2_grpc.ServiceAccountServiceServicer):
                     tx, identity_pb2.AUDIT_KIND_ROLE_CHANGE, "service_account.disabled", resource=request.name
                 )
                 await self.directory.set_service_account_enabled(row.client_id, False)
+                tx.emit(
+                    "identity.service_account.disabled",
+                    domain.service_account_to_proto(row),
+                    subject=request.name,
+                    owner_organization=row.organization_id,
+                )
             return domain.service_account_to_proto(row)
 
     async def IssueServiceToken(
