@@ -15,12 +15,19 @@ import hmac
 import json
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
 
 from cityos_platform.clock import SYSTEM_CLOCK, Clock
 from cityos_platform.errors import InvalidArgument
+from cityos_platform.interceptor import current_call
+
+if TYPE_CHECKING:
+    from sqlalchemy import Select
+    from sqlalchemy.orm import InstrumentedAttribute
+
+    from cityos_platform.db import Database
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -112,3 +119,40 @@ class PageTokens:
 
 def _invalid(what: str) -> InvalidArgument:
     return InvalidArgument.field("page_token", f"the page token {what}")
+
+
+async def keyset_page(
+    db: Database,
+    page_tokens: PageTokens,
+    request: Message,
+    statement: Select[Any],
+    key: InstrumentedAttribute[str],
+    *,
+    size: int,
+) -> tuple[list[Any], str]:
+    """One page of `statement`'s rows in `key` order after the request's page token, and the token of
+    the next page ("" on the last). The token is bound to the caller and to the query, as `issue` binds
+    it. For a listing whose rows all come from one query; one that filters rows in Python after reading
+    (an area polygon, say) keeps its own loop."""
+    caller = current_call().principal
+    position = page_tokens.parse(
+        getattr(request, "page_token", ""),
+        subject=caller.subject,
+        organization=caller.organization,
+        request=request,
+    )
+    statement = statement.order_by(key).limit(size + 1)
+    if position:
+        statement = statement.where(key > position["after"])
+    async with db.read() as session:
+        rows = list((await session.scalars(statement)).all())
+    if len(rows) <= size:
+        return rows, ""
+    rows = rows[:size]
+    next_token = page_tokens.issue(
+        subject=caller.subject,
+        organization=caller.organization,
+        request=request,
+        position={"after": getattr(rows[-1], key.key)},
+    )
+    return rows, next_token

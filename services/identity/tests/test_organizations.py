@@ -232,3 +232,22 @@ async def test_a_concession_that_ends_takes_the_operators_access_with_it(city, c
     assert [(r.action, r.details["people_disabled"]) for r in trail.records] == [
         ("organization.access_ended", "1")
     ]
+
+
+async def test_listings_page_with_tokens_bound_to_the_query(city):
+    for organization_id in ("aa", "bb", "cc"):
+        await city.organization(organization_id)
+    first = await city.organizations.ListOrganizations(
+        identity_pb2.ListOrganizationsRequest(page_size=2), metadata=city.admin
+    )
+    assert [o.name for o in first.organizations] == ["organizations/aa", "organizations/bb"]
+    second = await city.organizations.ListOrganizations(
+        identity_pb2.ListOrganizationsRequest(page_size=2, page_token=first.next_page_token), metadata=city.admin
+    )
+    assert ([o.name for o in second.organizations], second.next_page_token) == (["organizations/cc"], "")
+    with pytest.raises(grpc.aio.AioRpcError) as other_query:
+        await city.organizations.ListOrganizations(
+            identity_pb2.ListOrganizationsRequest(page_size=2, kind=1, page_token=first.next_page_token),
+            metadata=city.admin,
+        )
+    assert field_violations(other_query.value)[0][0] == "page_token"

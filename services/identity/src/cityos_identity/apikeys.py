@@ -28,7 +28,7 @@ from cityos_platform.db import Database, Tx
 from cityos_platform.errors import AlreadyExists, InvalidArgument, PermissionDenied, Unauthenticated
 from cityos_platform.idempotency import idempotent
 from cityos_platform.interceptor import current_call
-from cityos_platform.paging import PageTokens, page_size
+from cityos_platform.paging import PageTokens, keyset_page, page_size
 from cityos_platform.tenancy import is_city_wide, not_found
 
 MAX_SCOPES = 64
@@ -143,26 +143,12 @@ class ApiKeyServicer(identity_pb2_grpc.ApiKeyServiceServicer):
         self, request: identity_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.ListApiKeysResponse:
         caller = current_call().principal
-        size = page_size(request.page_size)
-        position = self.page_tokens.parse(
-            request.page_token, subject=caller.subject, organization=caller.organization, request=request
-        )
-        statement = select(ApiKeyRow).order_by(ApiKeyRow.key_id).limit(size + 1)
+        statement = select(ApiKeyRow)
         if not is_city_wide(caller):
             statement = statement.where(ApiKeyRow.organization_id == caller.organization)
-        if position:
-            statement = statement.where(ApiKeyRow.key_id > position["after"])
-        async with self.db.read() as session:
-            rows = list((await session.scalars(statement)).all())
-        next_token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            next_token = self.page_tokens.issue(
-                subject=caller.subject,
-                organization=caller.organization,
-                request=request,
-                position={"after": rows[-1].key_id},
-            )
+        rows, next_token = await keyset_page(
+            self.db, self.page_tokens, request, statement, ApiKeyRow.key_id, size=page_size(request.page_size)
+        )
         return identity_pb2.ListApiKeysResponse(
             api_keys=[domain.api_key_to_proto(row) for row in rows], next_page_token=next_token
         )

@@ -27,8 +27,7 @@ from cityos_platform.auth import Principal
 from cityos_platform.db import Database, Tx
 from cityos_platform.errors import Aborted, AlreadyExists, InvalidArgument
 from cityos_platform.idempotency import idempotent
-from cityos_platform.interceptor import current_call
-from cityos_platform.paging import PageTokens, page_size
+from cityos_platform.paging import PageTokens, keyset_page, page_size
 from cityos_platform.tasks import PeriodicTask
 from cityos_platform.tenancy import not_found
 
@@ -176,30 +175,20 @@ class OrganizationServicer(identity_pb2_grpc.OrganizationServiceServicer):
     async def ListOrganizations(
         self, request: identity_pb2.ListOrganizationsRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.ListOrganizationsResponse:
-        caller = current_call().principal
-        size = page_size(request.page_size)
-        position = self.page_tokens.parse(
-            request.page_token, subject=caller.subject, organization=caller.organization, request=request
-        )
-        statement = select(OrganizationRow).order_by(OrganizationRow.organization_id).limit(size + 1)
-        if position:
-            statement = statement.where(OrganizationRow.organization_id > position["after"])
+        statement = select(OrganizationRow)
         if request.kind:
             statement = statement.where(OrganizationRow.kind == request.kind)
         if request.parent:
             parent_id = domain.name_id(request.parent, "organizations", "parent")
             statement = statement.where(OrganizationRow.parent_id == parent_id)
-        async with self.db.read() as session:
-            rows = list((await session.scalars(statement)).all())
-        next_token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            next_token = self.page_tokens.issue(
-                subject=caller.subject,
-                organization=caller.organization,
-                request=request,
-                position={"after": rows[-1].organization_id},
-            )
+        rows, next_token = await keyset_page(
+            self.db,
+            self.page_tokens,
+            request,
+            statement,
+            OrganizationRow.organization_id,
+            size=page_size(request.page_size),
+        )
         now = self.db.clock.now()
         return identity_pb2.ListOrganizationsResponse(
             organizations=[domain.organization_to_proto(row, now) for row in rows], next_page_token=next_token

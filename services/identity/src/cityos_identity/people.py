@@ -31,7 +31,7 @@ from cityos_platform.errors import (
 )
 from cityos_platform.idempotency import idempotent
 from cityos_platform.interceptor import current_call
-from cityos_platform.paging import PageTokens, page_size
+from cityos_platform.paging import PageTokens, keyset_page, page_size
 from cityos_platform.tenancy import is_city_wide, not_found
 
 USER_UPDATABLE = {"display_name", "email", "roles"}
@@ -158,31 +158,17 @@ class UserServicer(identity_pb2_grpc.UserServiceServicer):
         self, request: identity_pb2.ListUsersRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.ListUsersResponse:
         caller = current_call().principal
-        size = page_size(request.page_size)
-        position = self.page_tokens.parse(
-            request.page_token, subject=caller.subject, organization=caller.organization, request=request
-        )
-        statement = select(UserRow).order_by(UserRow.user_id).limit(size + 1)
+        statement = select(UserRow)
         if not is_city_wide(caller):
             statement = statement.where(UserRow.organization_id == caller.organization)
         if request.organization:
             organization_id = domain.name_id(request.organization, "organizations", "organization")
             statement = statement.where(UserRow.organization_id == organization_id)
-        if position:
-            statement = statement.where(UserRow.user_id > position["after"])
-        async with self.db.read() as session:
-            rows = list((await session.scalars(statement)).all())
-        if request.role:
+        rows, next_token = await keyset_page(
+            self.db, self.page_tokens, request, statement, UserRow.user_id, size=page_size(request.page_size)
+        )
+        if request.role:  # roles are a JSON list: filtered here (a page may come out short)
             rows = [row for row in rows if request.role in row.roles]
-        next_token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            next_token = self.page_tokens.issue(
-                subject=caller.subject,
-                organization=caller.organization,
-                request=request,
-                position={"after": rows[-1].user_id},
-            )
         return identity_pb2.ListUsersResponse(
             users=[domain.user_to_proto(row) for row in rows], next_page_token=next_token
         )
@@ -387,26 +373,17 @@ class ServiceAccountServicer(identity_pb2_grpc.ServiceAccountServiceServicer):
         self, request: identity_pb2.ListServiceAccountsRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.ListServiceAccountsResponse:
         caller = current_call().principal
-        size = page_size(request.page_size)
-        position = self.page_tokens.parse(
-            request.page_token, subject=caller.subject, organization=caller.organization, request=request
-        )
-        statement = select(ServiceAccountRow).order_by(ServiceAccountRow.account_id).limit(size + 1)
+        statement = select(ServiceAccountRow)
         if not is_city_wide(caller):
             statement = statement.where(ServiceAccountRow.organization_id == caller.organization)
-        if position:
-            statement = statement.where(ServiceAccountRow.account_id > position["after"])
-        async with self.db.read() as session:
-            rows = list((await session.scalars(statement)).all())
-        next_token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            next_token = self.page_tokens.issue(
-                subject=caller.subject,
-                organization=caller.organization,
-                request=request,
-                position={"after": rows[-1].account_id},
-            )
+        rows, next_token = await keyset_page(
+            self.db,
+            self.page_tokens,
+            request,
+            statement,
+            ServiceAccountRow.account_id,
+            size=page_size(request.page_size),
+        )
         return identity_pb2.ListServiceAccountsResponse(
             service_accounts=[domain.service_account_to_proto(row) for row in rows],
             next_page_token=next_token,
