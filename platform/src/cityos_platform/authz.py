@@ -9,15 +9,19 @@ permission itself among the token's scopes (API-key tokens carry scopes and no r
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from cityos_platform.auth import JwksCache, Principal, TokenVerifier, bearer_token
+import jwt
+
+from cityos_platform.auth import MAX_TOKEN_BYTES, JwksCache, Principal, TokenVerifier, bearer_token
 from cityos_platform.clock import SYSTEM_CLOCK, Clock
 from cityos_platform.config import Settings
 from cityos_platform.errors import PermissionDenied, Unauthenticated
 from cityos_platform.policy import Policy
 
 SUPERUSER_ROLE = "city-admin"
+# The principal kinds an extra issuer (the identity service) may vouch for.
+EXTRA_ISSUER_KINDS = frozenset({"api_key", "service"})
 # Separation of duties: roles the superuser does not hold implicitly. A method whose roles are all
 # separated (the audit trail's reads, for `auditor`) is closed to city-admin too.
 SEPARATED_ROLES = frozenset({"auditor"})
@@ -38,10 +42,14 @@ class Authenticator:
         verifier: TokenVerifier,
         prefixed: Mapping[str, PrefixVerifier] | None = None,
         certificate_verifier: CertificateVerifier | None = None,
+        extra: Sequence[TokenVerifier] = (),
     ) -> None:
         self.verifier = verifier
         self.prefixed = dict(prefixed or {})
         self.certificate_verifier = certificate_verifier
+        # Further issuers (the identity service's API-key tokens), by `iss`; they vouch only for the
+        # principal kinds in EXTRA_ISSUER_KINDS.
+        self.extra = {extra_verifier.issuer: extra_verifier for extra_verifier in extra}
 
     @classmethod
     def from_settings(
@@ -57,7 +65,21 @@ class Authenticator:
         verifier = TokenVerifier(
             settings.auth_issuer, settings.auth_audience, jwks, leeway_s=settings.auth_leeway_s, clock=clock
         )
-        return cls(verifier, prefixed, certificate_verifier)
+        extra = [
+            TokenVerifier(
+                issuer,
+                settings.auth_audience,
+                JwksCache(
+                    url=issuer.rstrip("/") + "/protocol/openid-connect/certs",
+                    min_refresh_interval_s=settings.auth_jwks_refresh_s,
+                    clock=clock,
+                ),
+                leeway_s=settings.auth_leeway_s,
+                clock=clock,
+            )
+            for issuer in settings.auth_extra_issuers
+        ]
+        return cls(verifier, prefixed, certificate_verifier, extra)
 
     async def principal(
         self, metadata: Mapping[str, str | bytes], peer_certificate: bytes | None = None
@@ -72,7 +94,28 @@ class Authenticator:
         for prefix, verify in self.prefixed.items():
             if token.startswith(prefix):
                 return await verify(token)
-        return await self.verifier.verify(token)
+        extra = self.extra.get(_unverified_issuer(token)) if self.extra else None
+        if extra is None:
+            return await self.verifier.verify(token)
+        principal = await extra.verify(token)  # the signature, `iss`, `aud` and times, as for any token
+        if principal.kind not in EXTRA_ISSUER_KINDS:
+            raise Unauthenticated(
+                f"{extra.issuer} issues tokens for services and API keys only, not for people",
+                reason="TOKEN_ISSUER",
+            )
+        return principal
+
+
+def _unverified_issuer(token: str) -> str:
+    """The `iss` a token claims, to pick the verifier that then checks it; "" when unreadable."""
+    if len(token) > MAX_TOKEN_BYTES:
+        return ""  # the primary verifier refuses it with its reason
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except (jwt.PyJWTError, ValueError):
+        return ""
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else ""
 
 
 def authorize(policy: Policy, principal: Principal) -> None:

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     auth_audience: str = "cityos"
     # Empty: the issuer's `/protocol/openid-connect/certs` (Keycloak's path; the dev issuer serves it too).
     auth_jwks_url: str = ""
+    # Further issuers trusted for service and API-key principals only (never for people): the identity
+    # service's URL for the API-key tokens it issues (JSON list). Each serves its JWKS at
+    # `<issuer>/protocol/openid-connect/certs`.
+    auth_extra_issuers: list[str] = Field(default_factory=list)
     auth_leeway_s: float = Field(default=30.0, ge=0, le=300)
     auth_jwks_refresh_s: float = Field(default=30.0, ge=1, le=3600)
 

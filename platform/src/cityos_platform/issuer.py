@@ -23,6 +23,7 @@ import logging
 import os
 import tempfile
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -233,11 +234,22 @@ class DevIssuerServer:
     """
 
     def __init__(
-        self, issuer: DevIssuer, host: str = "127.0.0.1", port: int = 0, realm_path: str = REALM_PATH
+        self,
+        issuer: DevIssuer,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        realm_path: str = REALM_PATH,
+        *,
+        public_url: str = "",
     ) -> None:
         self.issuer = issuer
         self.host = host
         self.port = port
+        # Behind a Service or an ingress the issuer is known by its public URL: the tokens' `iss` and
+        # the JWKS path follow it instead of the bound address.
+        self.public_url = public_url.rstrip("/")
+        if self.public_url:
+            realm_path = urllib.parse.urlsplit(self.public_url).path
         self.realm_path = "/" + realm_path.strip("/")
         self.requests: dict[str, int] = {"certs": 0, "discovery": 0}
         self._count_lock = threading.Lock()
@@ -246,6 +258,8 @@ class DevIssuerServer:
 
     @property
     def issuer_url(self) -> str:
+        if self.public_url:
+            return self.public_url
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}{self.realm_path}"
 

@@ -129,3 +129,81 @@ async def test_a_revoked_key_is_refused(city):
             metadata=city.token("users/x", "other", "developer"),
         )
     assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.req("IDN-3")
+async def test_in_production_services_trust_the_identity_service_for_api_keys_only(
+    start_server, database_url, dev_issuer, mint, tmp_path, clock
+):
+    """Production shape: the identity service signs API-key tokens with its own key and serves its JWKS;
+    a service trusting it as an extra issuer accepts its API-key tokens — and refuses a token of a
+    person signed with that key, since it vouches for services and API keys only."""
+    import grpc as grpc_module
+
+    from cityos_identity.app import IdentityApp
+    from cityos_identity.settings import IdentitySettings
+    from cityos_platform.auth import JwksCache, TokenVerifier
+    from cityos_platform.config import load_settings
+    from cityos_platform.testing.fixtures import authenticator_for
+
+    from .conftest import MemoryDirectory
+
+    app = IdentityApp(
+        load_settings(var_dir=tmp_path),
+        database_url=database_url,
+        clock=clock,
+        identity_settings=IdentitySettings(
+            signing_key_dir=str(tmp_path / "identity-key"), serve_jwks=True, jwks_port=0
+        ),
+        directory=MemoryDirectory(),
+        run_tasks=False,
+    )
+    mounts = await app.start()
+    try:
+        identity_issuer = app.jwks_server.issuer_url
+        assert identity_issuer != dev_issuer.issuer.issuer_url
+        authenticator = authenticator_for(dev_issuer)  # people's tokens: the (Keycloak-like) issuer
+        authenticator.extra = {
+            identity_issuer: TokenVerifier(identity_issuer, "cityos", JwksCache(url=app.jwks_server.jwks_url))
+        }
+        server = await start_server(mounts, authenticator=authenticator, clock=clock)
+        async with grpc_module.aio.insecure_channel(server.address) as channel:
+            from cityos.identity.v1 import identity_pb2_grpc
+
+            organizations = identity_pb2_grpc.OrganizationServiceStub(channel)
+            keys = identity_pb2_grpc.ApiKeyServiceStub(channel)
+            admin = bearer(mint("root", "city-office", ["city-admin"]))
+            await organizations.CreateOrganization(
+                identity_pb2.CreateOrganizationRequest(
+                    organization=identity_pb2.Organization(display_name="Dev shop", kind=1),
+                    organization_id="devshop",
+                ),
+                metadata=admin,
+            )
+            created = await keys.CreateApiKey(
+                identity_pb2.CreateApiKeyRequest(
+                    api_key=identity_pb2.ApiKey(
+                        display_name="App",
+                        organization="organizations/devshop",
+                        scopes=["identity.organizations.read"],
+                        quota_per_minute=10,
+                    ),
+                    api_key_id="app",
+                ),
+                metadata=bearer(mint("users/dev", "devshop", ["developer"])),
+            )
+            token = await keys.ExchangeApiKey(identity_pb2.ExchangeApiKeyRequest(key=created.key))
+            listed = await organizations.ListOrganizations(
+                identity_pb2.ListOrganizationsRequest(), metadata=bearer(token.access_token)
+            )
+            assert [o.name for o in listed.organizations] == ["organizations/devshop"]
+            # The same key signing a person's token: refused.
+            person = app.minter.issuer.mint("users/mallory", "devshop", ["org-admin"])
+            with pytest.raises(grpc_module.aio.AioRpcError) as refused:
+                await organizations.ListOrganizations(
+                    identity_pb2.ListOrganizationsRequest(), metadata=bearer(person)
+                )
+            assert refused.value.code() == grpc_module.StatusCode.UNAUTHENTICATED
+            assert error_info(refused.value).reason == "TOKEN_ISSUER"
+    finally:
+        await app.stop()

@@ -242,7 +242,8 @@ async def test_listings_page_with_tokens_bound_to_the_query(city):
     )
     assert [o.name for o in first.organizations] == ["organizations/aa", "organizations/bb"]
     second = await city.organizations.ListOrganizations(
-        identity_pb2.ListOrganizationsRequest(page_size=2, page_token=first.next_page_token), metadata=city.admin
+        identity_pb2.ListOrganizationsRequest(page_size=2, page_token=first.next_page_token),
+        metadata=city.admin,
     )
     assert ([o.name for o in second.organizations], second.next_page_token) == (["organizations/cc"], "")
     with pytest.raises(grpc.aio.AioRpcError) as other_query:

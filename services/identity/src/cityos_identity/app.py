@@ -20,6 +20,7 @@ from cityos_platform.clock import SYSTEM_CLOCK, Clock
 from cityos_platform.config import Settings
 from cityos_platform.db import Database
 from cityos_platform.events import event_stream_mount
+from cityos_platform.issuer import DevIssuerServer
 from cityos_platform.migrate import PLATFORM_CHAIN, service_chain, upgrade
 from cityos_platform.paging import PageTokens, load_or_create_secret
 from cityos_platform.server import Mount
@@ -57,6 +58,7 @@ class IdentityApp:
         self.importer: AccessLogImporter | None = None
         self.enforcer: ConcessionEnforcer | None = None
         self.minter: TokenMinter | None = None
+        self.jwks_server: DevIssuerServer | None = None
 
     async def start(self) -> Sequence[Mount]:
         await upgrade(self.database_url, [PLATFORM_CHAIN, CHAIN])
@@ -72,6 +74,14 @@ class IdentityApp:
             self.identity.token_ttl_s,
             self.clock,
         )
+        if self.identity.serve_jwks:
+            self.jwks_server = DevIssuerServer(
+                self.minter.issuer,
+                host=self.settings.host,
+                port=self.identity.jwks_port,
+                public_url=self.identity.token_issuer,
+            )
+            self.jwks_server.start()
         audit_folder = self.settings.access_log_path(NAME).parent
         self.importer = AccessLogImporter(db, audit_folder, self.identity.audit_import_interval_s)
         self.enforcer = ConcessionEnforcer(db, self.directory, self.identity.concession_check_interval_s)
@@ -121,6 +131,8 @@ class IdentityApp:
         ]
 
     async def stop(self) -> None:
+        if self.jwks_server is not None:
+            self.jwks_server.stop()
         if self.importer is not None:
             await self.importer.stop()
         if self.enforcer is not None:

@@ -21,6 +21,11 @@ class IdentitySettings(BaseSettings):
     signing_key_dir: str = ""
     # The `iss` of those tokens; empty: CITYOS_AUTH_ISSUER.
     token_issuer: str = ""
+    # Production: serve this service's JWKS (for the API-key tokens it signs) over HTTP on `jwks_port`,
+    # at `<token_issuer path>/protocol/openid-connect/certs`, and have the services list `token_issuer`
+    # in CITYOS_AUTH_EXTRA_ISSUERS. Off in embedded mode, which signs with the built-in issuer's key.
+    serve_jwks: bool = False
+    jwks_port: int = Field(default=8090, ge=0, le=65535)
     # Lifetime of an issued token: a revoked key's last token lives at most this long.
     token_ttl_s: int = Field(default=300, ge=30, le=3600)
 
