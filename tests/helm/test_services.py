@@ -4,6 +4,7 @@ the workload of the kind its entry names."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -193,4 +194,21 @@ def test_network_policies_deny_by_default_and_allow_the_named_flows(scenario: he
         for rule, flow in zip(egress[1:], flows, strict=True):
             assert rule["ports"] == merged_destinations[flow]["ports"]
         ports = [port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]]
-        assert ports == [50051], "callers reach the gRPC port only"
+        jwks = [8090] if name == "identity" else []  # the identity service's JWKS, for API-key tokens
+        assert ports == [50051, *jwks], "callers reach the gRPC port only (and identity's JWKS)"
+        if jwks:  # only the release's own pods fetch it (the gRPC rule's first peer, the release selector)
+            assert policy["spec"]["ingress"][1]["from"] == [policy["spec"]["ingress"][0]["from"][0]]
+
+
+@pytest.mark.req("HLM-2")
+def test_every_service_trusts_the_identity_service_for_api_key_tokens() -> None:
+    """identity serves its JWKS on its Service; every workload gets it as an extra issuer."""
+    objects = rendered(SCENARIOS[0])
+    config = next(o for o in objects.of_kind("ConfigMap") if o["metadata"]["name"].endswith("-config"))[
+        "data"
+    ]
+    identity = next(s for s in objects.of_kind("Service") if component(s) == "identity")
+    jwks = next(port for port in identity["spec"]["ports"] if port["name"] == "jwks")
+    issuer = f"http://{identity['metadata']['name']}:{jwks['port']}/realms/cityos-api-keys"
+    assert json.loads(config["CITYOS_AUTH_EXTRA_ISSUERS"]) == [issuer]
+    assert (config["CITYOS_IDENTITY_SERVE_JWKS"], config["CITYOS_IDENTITY_TOKEN_ISSUER"]) == ("true", issuer)

@@ -200,3 +200,13 @@ sys.exit(asyncio.run(main()))
 {{- fail (printf "services.%s needs a database: set database.existingSecret or postgresql.enabled" .name) }}
 {{- end }}
 {{- end -}}
+
+{{/*
+The identity service's issuer URL for the API-key tokens it signs ("" when identity is off).
+*/}}
+{{- define "cityos.identityIssuer" -}}
+{{- $identity := index .Values.services "identity" | default dict -}}
+{{- if and $identity (ne (toString (index $identity "enabled")) "false") -}}
+{{- printf "http://%s:%d/realms/cityos-api-keys" (include "cityos.workloadName" (dict "root" . "name" "identity")) (int .Values.identityJwksPort) -}}
+{{- end -}}
+{{- end -}}
