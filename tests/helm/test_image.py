@@ -289,7 +289,7 @@ def health_check(image_env: Path, targets: list[str]) -> subprocess.CompletedPro
     container = pod["spec"]["containers"][0]
     assert container["command"] == ["python", "-c"]
     script, *chart_targets = container["args"]
-    assert chart_targets == ["devices=cityos-devices:50051", "identity=cityos-identity:50051"]
+    assert chart_targets == [f"{name}=cityos-{name}:50051" for name in sorted(workspace_services())]
     env = {"PATH": os.environ["PATH"], **{item["name"]: item["value"] for item in container["env"]}}
     return subprocess.run(
         [str(image_env / "bin" / "python"), "-c", script, *targets],
