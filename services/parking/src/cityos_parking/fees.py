@@ -85,7 +85,7 @@ PERMIT_NAME = re.compile(r"[a-z][a-z0-9-]{1,62}")
 _MICROSECOND = timedelta(microseconds=1)
 
 # Active ISO 4217 currencies and their minor units (decimals). Funds and precious metals without a
-# minor unit (XAU, XDR, XXX, ...) are not money a car park takes.
+# minor unit (gold, special drawing rights, the "no currency" code) are not money a car park takes.
 _DECIMALS_0 = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF"
 _DECIMALS_3 = "BHD IQD JOD KWD LYD OMR TND"
 _DECIMALS_4 = "CLF UYW"
