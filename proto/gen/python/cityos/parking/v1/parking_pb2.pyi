@@ -107,6 +107,38 @@ SPOT_STATUS_UNKNOWN: SpotStatus.ValueType  # 4
 """Not known: no sensor, or its sensor missed its heartbeat."""
 Global___SpotStatus: _TypeAlias = SpotStatus  # noqa: Y015
 
+class _SiteStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SiteStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SiteStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SITE_STATUS_UNSPECIFIED: _SiteStatus.ValueType  # 0
+    """Not set."""
+    SITE_STATUS_SPACES_AVAILABLE: _SiteStatus.ValueType  # 1
+    """Open, with spaces free (Smart Data Models `spacesAvailable`)."""
+    SITE_STATUS_ALMOST_FULL: _SiteStatus.ValueType  # 2
+    """Open, at least 90% of its usable spaces taken (`almostFull`)."""
+    SITE_STATUS_FULL: _SiteStatus.ValueType  # 3
+    """Open, no space free (`full`)."""
+    SITE_STATUS_CLOSED: _SiteStatus.ValueType  # 4
+    """Outside its opening hours (`closed`)."""
+
+class SiteStatus(_SiteStatus, metaclass=_SiteStatusEnumTypeWrapper):
+    """What a site (or a group) looks like right now."""
+
+SITE_STATUS_UNSPECIFIED: SiteStatus.ValueType  # 0
+"""Not set."""
+SITE_STATUS_SPACES_AVAILABLE: SiteStatus.ValueType  # 1
+"""Open, with spaces free (Smart Data Models `spacesAvailable`)."""
+SITE_STATUS_ALMOST_FULL: SiteStatus.ValueType  # 2
+"""Open, at least 90% of its usable spaces taken (`almostFull`)."""
+SITE_STATUS_FULL: SiteStatus.ValueType  # 3
+"""Open, no space free (`full`)."""
+SITE_STATUS_CLOSED: SiteStatus.ValueType  # 4
+"""Outside its opening hours (`closed`)."""
+Global___SiteStatus: _TypeAlias = SiteStatus  # noqa: Y015
+
 @_typing.final
 class WeeklyWindow(_message.Message):
     """A window of time in a week, in the site's time zone."""
@@ -185,6 +217,7 @@ class Tariff(_message.Message):
     PERMITS_FIELD_NUMBER: _builtins.int
     OPENING_HOURS_FIELD_NUMBER: _builtins.int
     TIME_ZONE_FIELD_NUMBER: _builtins.int
+    OVERNIGHT_FIELD_NUMBER: _builtins.int
     price_per_minute: _builtins.str
     """Per minute, a decimal string (e.g. `0.05`); `0` for free parking."""
     currency: _builtins.str
@@ -207,6 +240,10 @@ class Tariff(_message.Message):
     def opening_hours(self) -> _containers.RepeatedCompositeFieldContainer[Global___WeeklyWindow]:
         """When the site is open; empty means always."""
 
+    @_builtins.property
+    def overnight(self) -> Global___Overnight:
+        """A flat fee per night instead of per-minute charges inside a nightly window (optional)."""
+
     def __init__(
         self,
         *,
@@ -218,14 +255,97 @@ class Tariff(_message.Message):
         permits: _abc.Iterable[Global___PermitClass] | None = ...,
         opening_hours: _abc.Iterable[Global___WeeklyWindow] | None = ...,
         time_zone: _builtins.str = ...,
+        overnight: Global___Overnight | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["maximum_stay", b"maximum_stay"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["maximum_stay", b"maximum_stay", "overnight", b"overnight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "daily_cap", b"daily_cap", "free_minutes", b"free_minutes", "maximum_stay", b"maximum_stay", "opening_hours", b"opening_hours", "permits", b"permits", "price_per_minute", b"price_per_minute", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "daily_cap", b"daily_cap", "free_minutes", b"free_minutes", "maximum_stay", b"maximum_stay", "opening_hours", b"opening_hours", "overnight", b"overnight", "permits", b"permits", "price_per_minute", b"price_per_minute", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Tariff: _TypeAlias = Tariff  # noqa: Y015
+
+@_typing.final
+class Overnight(_message.Message):
+    """Every night from `start` to `end` (e.g. 20:00 to 08:00): minutes inside are not charged per minute;
+    each night a stay has a charged minute in costs `flat_fee` once.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    FLAT_FEE_FIELD_NUMBER: _builtins.int
+    start: _builtins.str
+    """Start, `HH:MM` (24 h)."""
+    end: _builtins.str
+    """End, `HH:MM`; an end not after the start runs past midnight."""
+    flat_fee: _builtins.str
+    """A decimal in the tariff's currency; `0` makes the nights free."""
+    def __init__(
+        self,
+        *,
+        start: _builtins.str = ...,
+        end: _builtins.str = ...,
+        flat_fee: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "flat_fee", b"flat_fee", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Overnight: _TypeAlias = Overnight  # noqa: Y015
+
+@_typing.final
+class Occupancy(_message.Message):
+    """Live counts of a site or a group."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    FREE_FIELD_NUMBER: _builtins.int
+    OCCUPIED_FIELD_NUMBER: _builtins.int
+    CLOSED_FIELD_NUMBER: _builtins.int
+    UNKNOWN_FIELD_NUMBER: _builtins.int
+    RESERVED_FIELD_NUMBER: _builtins.int
+    OCCUPANCY_RATIO_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """Spaces (the spots, or a balancing site's capacity)."""
+    free: _builtins.int
+    """Free and not held by a reservation now."""
+    occupied: _builtins.int
+    """Taken."""
+    closed: _builtins.int
+    """Closed by an operator."""
+    unknown: _builtins.int
+    """Not known (no sensor reading, or a missed heartbeat)."""
+    reserved: _builtins.int
+    """Free but held by a reservation now."""
+    occupancy_ratio: _builtins.float
+    """occupied / (total - closed); 0 when nothing is usable."""
+    status: Global___SiteStatus.ValueType
+    """Open, almost full, full or closed."""
+    def __init__(
+        self,
+        *,
+        total: _builtins.int = ...,
+        free: _builtins.int = ...,
+        occupied: _builtins.int = ...,
+        closed: _builtins.int = ...,
+        unknown: _builtins.int = ...,
+        reserved: _builtins.int = ...,
+        occupancy_ratio: _builtins.float = ...,
+        status: Global___SiteStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "free", b"free", "occupancy_ratio", b"occupancy_ratio", "occupied", b"occupied", "reserved", b"reserved", "status", b"status", "total", b"total", "unknown", b"unknown"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Occupancy: _TypeAlias = Occupancy  # noqa: Y015
 
 @_typing.final
 class Site(_message.Message):
@@ -246,6 +366,8 @@ class Site(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    OCCUPANCY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`sites/{site}`."""
     display_name: _builtins.str
@@ -260,6 +382,10 @@ class Site(_message.Message):
     """Output only: how many spots it has."""
     etag: _builtins.str
     """Output only."""
+    capacity: _builtins.int
+    """For a BALANCING site whose spaces are not modelled one by one: how many there are (0 to 100,000).
+    0 means the number of its spots.
+    """
     @_builtins.property
     def location(self) -> _resources_pb2.GeoPoint:
         """Where it is (the entrance of a garage, the middle of a street segment)."""
@@ -284,6 +410,10 @@ class Site(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only."""
 
+    @_builtins.property
+    def occupancy(self) -> Global___Occupancy:
+        """Output only: the live counts (GetSite, ListSites)."""
+
     def __init__(
         self,
         *,
@@ -300,10 +430,12 @@ class Site(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        capacity: _builtins.int = ...,
+        occupancy: Global___Occupancy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "location", b"location", "ownership", b"ownership", "tariff", b"tariff", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "location", b"location", "occupancy", b"occupancy", "ownership", b"ownership", "tariff", b"tariff", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_vehicle_types", b"allowed_vehicle_types", "area_cell", b"area_cell", "create_time", b"create_time", "detection_type", b"detection_type", "display_name", b"display_name", "etag", b"etag", "kind", b"kind", "location", b"location", "name", b"name", "ownership", b"ownership", "tariff", b"tariff", "total_spots", b"total_spots", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_vehicle_types", b"allowed_vehicle_types", "area_cell", b"area_cell", "capacity", b"capacity", "create_time", b"create_time", "detection_type", b"detection_type", "display_name", b"display_name", "etag", b"etag", "kind", b"kind", "location", b"location", "name", b"name", "occupancy", b"occupancy", "ownership", b"ownership", "tariff", b"tariff", "total_spots", b"total_spots", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -386,6 +518,8 @@ class Spot(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SENSOR_HEARD_TIME_FIELD_NUMBER: _builtins.int
+    FORBIDDEN_PARKING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`spots/{spot}`."""
     display_name: _builtins.str
@@ -406,6 +540,8 @@ class Spot(_message.Message):
     """Output only: the H3 cell (resolution 9) of the location."""
     etag: _builtins.str
     """Output only."""
+    forbidden_parking: _builtins.bool
+    """Output only: the sensor flags a vehicle parked where it must not (e.g. outside permit hours)."""
     @_builtins.property
     def location(self) -> _resources_pb2.GeoPoint:
         """Where it is."""
@@ -426,6 +562,10 @@ class Spot(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only."""
 
+    @_builtins.property
+    def sensor_heard_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only: when its sensor was last heard from (any reading)."""
+
     def __init__(
         self,
         *,
@@ -444,10 +584,12 @@ class Spot(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        sensor_heard_time: _timestamp_pb2.Timestamp | None = ...,
+        forbidden_parking: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "location", b"location", "status_time", b"status_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "location", b"location", "sensor_heard_time", b"sensor_heard_time", "status_time", b"status_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_vehicle_types", b"allowed_vehicle_types", "area_cell", b"area_cell", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "group", b"group", "length_m", b"length_m", "location", b"location", "name", b"name", "sensor", b"sensor", "site", b"site", "status", b"status", "status_time", b"status_time", "update_time", b"update_time", "width_m", b"width_m"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_vehicle_types", b"allowed_vehicle_types", "area_cell", b"area_cell", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "forbidden_parking", b"forbidden_parking", "group", b"group", "length_m", b"length_m", "location", b"location", "name", b"name", "sensor", b"sensor", "sensor_heard_time", b"sensor_heard_time", "site", b"site", "status", b"status", "status_time", b"status_time", "update_time", b"update_time", "width_m", b"width_m"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1032,3 +1174,69 @@ class SpotStatusChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SpotStatusChanged: _TypeAlias = SpotStatusChanged  # noqa: Y015
+
+@_typing.final
+class SiteOccupancyChanged(_message.Message):
+    """A site became full (event `parking.site.full`) or has space again (`parking.site.available`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SITE_FIELD_NUMBER: _builtins.int
+    OCCUPANCY_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STATUS_FIELD_NUMBER: _builtins.int
+    site: _builtins.str
+    """`sites/{site}`."""
+    previous_status: Global___SiteStatus.ValueType
+    """The status before."""
+    @_builtins.property
+    def occupancy(self) -> Global___Occupancy:
+        """The counts after the change."""
+
+    def __init__(
+        self,
+        *,
+        site: _builtins.str = ...,
+        occupancy: Global___Occupancy | None = ...,
+        previous_status: Global___SiteStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occupancy", b"occupancy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["occupancy", b"occupancy", "previous_status", b"previous_status", "site", b"site"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SiteOccupancyChanged: _TypeAlias = SiteOccupancyChanged  # noqa: Y015
+
+@_typing.final
+class ForbiddenParkingDetected(_message.Message):
+    """A sensor flags a vehicle parked where it must not (event `parking.forbidden_parking`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPOT_FIELD_NUMBER: _builtins.int
+    SENSOR_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    sensor: _builtins.str
+    """`devices/{device}`."""
+    @_builtins.property
+    def spot(self) -> Global___Spot:
+        """The spot."""
+
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the sensor measured it."""
+
+    def __init__(
+        self,
+        *,
+        spot: Global___Spot | None = ...,
+        sensor: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spot", b"spot", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sensor", b"sensor", "spot", b"spot", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForbiddenParkingDetected: _TypeAlias = ForbiddenParkingDetected  # noqa: Y015
