@@ -42,7 +42,7 @@ class Lot:
             display_name=fields.pop("display_name", "Rongdong Avenue A"),
             kind=fields.pop("kind", parking_pb2.SITE_KIND_ON_STREET),
             location=resources_pb2.GeoPoint(latitude=CENTER[0], longitude=CENTER[1]),
-            detection_type=parking_pb2.DETECTION_TYPE_SINGLE_SPACE,
+            detection_type=fields.pop("detection_type", parking_pb2.DETECTION_TYPE_SINGLE_SPACE),
             allowed_vehicle_types=["car"],
             tariff=self.tariff(),
             **fields,

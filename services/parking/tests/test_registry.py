@@ -181,3 +181,35 @@ async def test_bad_input_is_answered_with_every_field_named(lot):
     with pytest.raises(grpc.aio.AioRpcError) as other:
         await lot.parking.DeleteSpot(parking_pb2.DeleteSpotRequest(name="spots/a-3"), metadata=lot.other_org)
     assert other.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_only_a_balancing_site_has_a_capacity(lot):
+    garage = await lot.site(
+        "station-garage",
+        kind=parking_pb2.SITE_KIND_OFF_STREET,
+        detection_type=parking_pb2.DETECTION_TYPE_BALANCING,
+        capacity=400,
+    )
+    assert garage.capacity == 400
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await lot.site("street", capacity=20)  # SINGLE_SPACE counts its spots
+    assert field_violations(refused.value) == [
+        ("site.capacity", "only a BALANCING site has a capacity; other sites count their spots")
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await lot.parking.UpdateSite(
+            parking_pb2.UpdateSiteRequest(
+                site=parking_pb2.Site(name=garage.name, capacity=-1),
+                update_mask=field_mask_pb2.FieldMask(paths=["capacity"]),
+            ),
+            metadata=lot.operator,
+        )
+    assert [field for field, _ in field_violations(refused.value)] == ["site.capacity"]
+    updated = await lot.parking.UpdateSite(
+        parking_pb2.UpdateSiteRequest(
+            site=parking_pb2.Site(name=garage.name, capacity=450),
+            update_mask=field_mask_pb2.FieldMask(paths=["capacity"]),
+        ),
+        metadata=lot.operator,
+    )
+    assert updated.capacity == 450

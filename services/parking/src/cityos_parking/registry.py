@@ -39,9 +39,11 @@ SITE_UPDATABLE = {
     "detection_type",
     "allowed_vehicle_types",
     "tariff",
+    "capacity",
     "ownership.operator_organization",
     "ownership.maintainer_organization",
 }
+MAX_CAPACITY = 100_000
 GROUP_UPDATABLE = {"display_name", "categories"}
 SPOT_UPDATABLE = {
     "display_name",
@@ -119,6 +121,7 @@ def site_to_proto(row: SiteRow, total_spots: int) -> parking_pb2.Site:
         tariff=json_format.ParseDict(row.tariff, parking_pb2.Tariff()),
         area_cell=row.area_cell,
         total_spots=total_spots,
+        capacity=row.capacity,
         etag=row.etag,
         create_time=_stamp(row.create_time),
         update_time=_stamp(row.update_time),
@@ -186,6 +189,15 @@ def _site_problems(site: parking_pb2.Site, paths: Sequence[str] | None) -> Viola
             problems.append(("site.tariff", "is required (price_per_minute 0 for free parking)"))
         else:
             problems += tariff_problems(site.tariff)
+    if setting("capacity"):
+        if not 0 <= site.capacity <= MAX_CAPACITY:
+            problems.append(("site.capacity", f"from 0 (count the spots) to {MAX_CAPACITY:,}"))
+        elif site.capacity and (paths is None or "detection_type" in paths) and (
+            site.detection_type != parking_pb2.DETECTION_TYPE_BALANCING
+        ):
+            problems.append(
+                ("site.capacity", "only a BALANCING site has a capacity; other sites count their spots")
+            )
     return problems
 
 
@@ -234,6 +246,9 @@ class ParkingServicer(parking_pb2_grpc.ParkingServiceServicer):
                 detection_type=site.detection_type,
                 allowed_vehicle_types=list(site.allowed_vehicle_types),
                 tariff=json_format.MessageToDict(site.tariff),
+                capacity=site.capacity,
+                gate_occupied=0,
+                announced_status=0,
                 latitude=site.location.latitude,
                 longitude=site.location.longitude,
                 area_cell=cell,
@@ -322,6 +337,12 @@ class ParkingServicer(parking_pb2_grpc.ParkingServiceServicer):
                 row.allowed_vehicle_types = list(site.allowed_vehicle_types)
             if "tariff" in paths:
                 row.tariff = json_format.MessageToDict(site.tariff)
+            if "capacity" in paths:
+                if site.capacity and row.detection_type != parking_pb2.DETECTION_TYPE_BALANCING:
+                    raise InvalidArgument.field(
+                        "site.capacity", "only a BALANCING site has a capacity; other sites count their spots"
+                    )
+                row.capacity = site.capacity
             if "ownership.operator_organization" in paths:
                 row.operator_organization = site.ownership.operator_organization
             if "ownership.maintainer_organization" in paths:
