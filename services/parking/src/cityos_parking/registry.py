@@ -192,8 +192,10 @@ def _site_problems(site: parking_pb2.Site, paths: Sequence[str] | None) -> Viola
     if setting("capacity"):
         if not 0 <= site.capacity <= MAX_CAPACITY:
             problems.append(("site.capacity", f"from 0 (count the spots) to {MAX_CAPACITY:,}"))
-        elif site.capacity and (paths is None or "detection_type" in paths) and (
-            site.detection_type != parking_pb2.DETECTION_TYPE_BALANCING
+        elif (
+            site.capacity
+            and (paths is None or "detection_type" in paths)
+            and (site.detection_type != parking_pb2.DETECTION_TYPE_BALANCING)
         ):
             problems.append(
                 ("site.capacity", "only a BALANCING site has a capacity; other sites count their spots")
