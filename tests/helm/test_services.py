@@ -213,3 +213,48 @@ def test_every_service_trusts_the_identity_service_for_api_key_tokens() -> None:
     issuer = f"http://{identity['metadata']['name']}:{jwks['port']}/realms/cityos-api-keys"
     assert json.loads(config["CITYOS_AUTH_EXTRA_ISSUERS"]) == [issuer]
     assert (config["CITYOS_IDENTITY_SERVE_JWKS"], config["CITYOS_IDENTITY_TOKEN_ISSUER"]) == ("true", issuer)
+
+
+@pytest.mark.req("HLM-2")
+def test_every_workload_knows_where_the_others_answer_and_signs_in_as_its_own_client() -> None:
+    """CITYOS_ENDPOINTS names each enabled workload's Service and gRPC port; with
+    serviceClients.existingSecret, each workload reads its own client secret under its own name."""
+    scenario = scenario_named("production-values.yaml")
+    values = {**scenario.values(), "serviceClients": {"existingSecret": "cityos-clients", "tokenUrl": ""}}
+    objects = helm_check.render_objects(values)
+    config = next(o for o in objects.of_kind("ConfigMap") if o["metadata"]["name"].endswith("-config"))[
+        "data"
+    ]
+    endpoints = json.loads(config["CITYOS_ENDPOINTS"])
+    services = {component(s): s["metadata"]["name"] for s in objects.of_kind("Service") if component(s)}
+    assert {"devices", "parking"} <= set(endpoints)
+    for name, address in endpoints.items():
+        assert address == f"{services[name]}:50051"
+    for workload in [*objects.of_kind("Deployment"), *objects.of_kind("StatefulSet")]:
+        name = component(workload)
+        container = workload["spec"]["template"]["spec"]["containers"][0]
+        secret = next(e for e in container["env"] if e["name"] == "CITYOS_AUTH_CLIENT_SECRET")
+        assert secret["valueFrom"]["secretKeyRef"] == {
+            "name": "cityos-clients",
+            "key": name,
+            "optional": True,
+        }
+    default = rendered(SCENARIOS[0])
+    for workload in default.of_kind("Deployment"):
+        containers = workload["spec"]["template"]["spec"]["containers"]
+        assert all(e["name"] != "CITYOS_AUTH_CLIENT_SECRET" for c in containers for e in c.get("env", []))
+
+
+@pytest.mark.req("HLM-2")
+def test_parking_replicas_share_one_generated_plate_pseudonym_key() -> None:
+    objects = rendered(SCENARIOS[0])
+    (secret,) = [s for s in objects.of_kind("Secret") if s["metadata"]["name"].endswith("-generated")]
+    assert list(secret["data"]) == ["parking.CITYOS_PARKING_PLATE_PSEUDONYM_KEY"]
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    parking = next(w for w in objects.of_kind("Deployment") if component(w) == "parking")
+    env = parking["spec"]["template"]["spec"]["containers"][0]["env"]
+    key = next(e for e in env if e["name"] == "CITYOS_PARKING_PLATE_PSEUDONYM_KEY")
+    assert key["valueFrom"]["secretKeyRef"] == {
+        "name": secret["metadata"]["name"],
+        "key": "parking.CITYOS_PARKING_PLATE_PSEUDONYM_KEY",
+    }

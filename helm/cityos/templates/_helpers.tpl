@@ -82,6 +82,10 @@ included).
 {{- printf "%s-config" (include "cityos.fullname" .) -}}
 {{- end -}}
 
+{{- define "cityos.generatedSecretName" -}}
+{{- printf "%s-generated" (include "cityos.fullname" .) -}}
+{{- end -}}
+
 {{- define "cityos.pageTokenSecretName" -}}
 {{- default (printf "%s-page-tokens" (include "cityos.fullname" .)) .Values.pageTokens.existingSecret -}}
 {{- end -}}
