@@ -385,11 +385,11 @@ async def test_the_issuer_serves_jwks_and_discovery_on_keycloaks_paths(server, d
     assert discovery["issuer"] == server.issuer_url
     assert discovery["jwks_uri"] == server.issuer_url + "/protocol/openid-connect/certs"
     assert discovery["id_token_signing_alg_values_supported"] == ["RS256"]
-    assert "token_endpoint" not in discovery
+    assert discovery["token_endpoint"] == server.issuer_url + "/protocol/openid-connect/token"
     (key,) = get(discovery["jwks_uri"])["keys"]
     assert (key["kid"], key["kty"], key["use"], key["alg"]) == (dev.kid, "RSA", "sig", "RS256")
     assert "d" not in key  # public half only
-    assert server.requests == {"certs": 1, "discovery": 1}
+    assert server.requests == {"certs": 1, "discovery": 1, "token": 0}
     with pytest.raises(urllib.error.HTTPError) as missing:
         get(f"http://127.0.0.1:{server.port}/realms/other/protocol/openid-connect/certs")
     assert missing.value.code == 404

@@ -6,13 +6,17 @@ set by the Helm chart. A bad value stops the process with a message that names t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "CITYOS_"
+# A service name and a `host:port` address (a DNS name, an IPv4 address or a bracketed IPv6 one).
+_SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?):(\d{1,5})$")
 
 
 class ConfigError(Exception):
@@ -69,6 +73,16 @@ class Settings(BaseSettings):
     auth_leeway_s: float = Field(default=30.0, ge=0, le=300)
     auth_jwks_refresh_s: float = Field(default=30.0, ge=1, le=3600)
 
+    # Calls to other services (`cityos_platform.peers`): where each answers (JSON, service name ->
+    # `host:port`; the chart and `cityos dev` set it), and this service's own OAuth2 client for the
+    # client-credentials grant. Empty id: `cityos-<service>` (the realm's confidential client); no
+    # secret: the service makes no calls to the others. Empty token URL: the issuer's
+    # `/protocol/openid-connect/token` (Keycloak's path; the dev issuer serves it too).
+    endpoints: dict[str, str] = Field(default_factory=dict)
+    auth_client_id: str = Field(default="", max_length=255)
+    auth_client_secret: SecretStr = SecretStr("")
+    auth_token_url: str = ""
+
     # Page tokens are signed with this secret (shared by a service's replicas); empty in embedded mode
     # means a key created once under var/secrets/.
     page_token_secret: SecretStr = SecretStr("")
@@ -79,6 +93,20 @@ class Settings(BaseSettings):
     # Logs.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = []
+        for name, address in value.items():
+            match = _ADDRESS.match(address)
+            if not _SERVICE_NAME.match(name):
+                problems.append(f"{name!r} is not a service name ([a-z][a-z0-9-]*)")
+            elif match is None or not 1 <= int(match.group(3)) <= 65535:
+                problems.append(f"{name}: {address!r} is not host:port")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> Settings:
@@ -110,6 +138,15 @@ class Settings(BaseSettings):
     @property
     def jwks_url(self) -> str:
         return self.auth_jwks_url or self.auth_issuer.rstrip("/") + "/protocol/openid-connect/certs"
+
+    @property
+    def token_url(self) -> str:
+        """Where this service asks for its client-credentials token."""
+        return self.auth_token_url or self.auth_issuer.rstrip("/") + "/protocol/openid-connect/token"
+
+    def client_id_for(self, service: str) -> str:
+        """This service's OAuth2 client: `CITYOS_AUTH_CLIENT_ID`, else the realm's `cityos-<service>`."""
+        return self.auth_client_id or f"cityos-{service}"
 
     def database_url_for(self, service: str) -> str:
         return (
@@ -146,3 +183,7 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
         raise ConfigError(_describe(error)) from None
+    except SettingsError as error:  # a structured variable (a list, a map) that is not JSON
+        field = re.search(r'field "(\w+)"', str(error))
+        variable = ENV_PREFIX + field.group(1).upper() if field else "a CITYOS_* variable"
+        raise ConfigError(f"invalid configuration: {variable}: not valid JSON") from None

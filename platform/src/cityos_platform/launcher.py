@@ -4,6 +4,11 @@ Starts every installed service (found through the `cityos.services` entry points
 its own localhost port, waits until each reports SERVING on gRPC health, prints the endpoints, and on
 Ctrl-C (SIGINT) or SIGTERM stops them all gracefully. A service that dies takes the group down with a
 pointer to its log, so a broken city never looks alive.
+
+Services call one another as in production: every child learns all the addresses (`CITYOS_ENDPOINTS`,
+the ports chosen before any child starts) and gets its client secret (`CITYOS_AUTH_CLIENT_SECRET`) for
+the client `cityos-<name>`, which the development issuer's token endpoint answers. One secret, created
+once under `var/issuer/` (mode 0600), serves every service's client: this is a development city.
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ from rich.console import Console
 from rich.table import Table
 
 from cityos_platform.config import Settings
-from cityos_platform.issuer import DevIssuer, DevIssuerServer
+from cityos_platform.issuer import (
+    CLIENT_SECRET_FILE,
+    DevIssuer,
+    DevIssuerServer,
+    load_or_create_client_secret,
+)
 from cityos_platform.registry import ServiceDefinition, discover
 
 READY_TIMEOUT_S = 120.0
@@ -83,9 +93,35 @@ class Launcher:
     def _request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True
 
-    def spawn(self, definition: ServiceDefinition) -> Child:
-        port = definition.dev_port if port_is_free(definition.dev_port) else free_port()
-        env = {**os.environ, "CITYOS_PORT": str(port), "CITYOS_HOST": "127.0.0.1"}
+    @staticmethod
+    def plan_ports(definitions: list[ServiceDefinition]) -> dict[str, int]:
+        """A distinct port per service, chosen before any starts (so each can be told where the others
+        are): its `dev_port`, or a free one when that is taken."""
+        ports: dict[str, int] = {}
+        for definition in definitions:
+            port = definition.dev_port
+            while port in ports.values() or not port_is_free(port):
+                port = free_port()
+            ports[definition.name] = port
+        return ports
+
+    def register_clients(self, issuer: DevIssuer, names: list[str]) -> str:
+        """Register `cityos-<name>` for every service with the development issuer; the shared secret."""
+        secret = load_or_create_client_secret(self.settings.var_dir / "issuer" / CLIENT_SECRET_FILE)
+        for name in names:
+            issuer.register_client(f"cityos-{name}", secret)
+        return secret
+
+    def spawn(
+        self, definition: ServiceDefinition, port: int, endpoints: dict[str, str], client_secret: str
+    ) -> Child:
+        env = {
+            **os.environ,
+            "CITYOS_PORT": str(port),
+            "CITYOS_HOST": "127.0.0.1",
+            "CITYOS_ENDPOINTS": json.dumps(endpoints),
+            "CITYOS_AUTH_CLIENT_SECRET": client_secret,
+        }
         return self._start(definition.name, port, ["serve", definition.name], env)
 
     def _start(self, name: str, port: int, arguments: list[str], env: dict[str, str]) -> Child:
@@ -179,7 +215,13 @@ class Launcher:
         try:
             self.console.print(f"development issuer: {issuer.issuer.issuer_url}")
             self.console.print(f"starting {len(services)} service(s): {', '.join(services)}")
-            self.children = [self.spawn(definition) for definition in services.values()]
+            ports = self.plan_ports(list(services.values()))
+            endpoints = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+            secret = self.register_clients(issuer.issuer, list(services))
+            self.children = [
+                self.spawn(definition, ports[name], endpoints, secret)
+                for name, definition in services.items()
+            ]
             for child in self.children:
                 if not self.wait_ready(child):
                     if self.stop_requested:
