@@ -6,6 +6,7 @@ refused, and the process exits 0 within its grace period.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -103,3 +104,41 @@ def test_sigterm_drains_in_flight_call_refuses_new_ones_and_exits_within_grace(r
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.req("FND-2")
+async def test_draining_ends_watch_streams_at_once_so_the_grace_is_not_spent_waiting(
+    start_server, mint, tmp_path
+):
+    """A follow stream never ends by itself: draining ends it with UNAVAILABLE (reason SERVER_DRAINING,
+    a retry hint) so the client resumes from its cursor, and the stop does not wait out the grace."""
+    from cityos.common.v1 import events_pb2, events_pb2_grpc, policy_pb2
+    from cityos_platform.db import Database
+    from cityos_platform.events import event_stream_mount
+    from cityos_platform.migrate import PLATFORM_CHAIN, upgrade
+    from cityos_platform.testing.fixtures import bearer
+    from cityos_platform.testing.status import error_info
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'events.db'}"
+    await upgrade(url, [PLATFORM_CHAIN])
+    db = Database(url, source="test")
+    server = await start_server([event_stream_mount(db, poll_interval_s=0.05)], grace_s=30)
+    token = bearer(mint("users/ana", "org-a", ["operator"]))
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stream = events_pb2_grpc.EventServiceStub(channel).StreamEvents(
+            events_pb2.StreamEventsRequest(follow=True), metadata=token
+        )
+        reading = asyncio.ensure_future(stream.read())  # opens the stream; nothing comes while idle
+        while not server.runtime.limits.streams_total.get(policy_pb2.STREAM_CLASS_WATCH):
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        async with asyncio.timeout(25):
+            stopping = asyncio.ensure_future(server.stop(grace=30))
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await reading
+            await stopping
+        elapsed = time.monotonic() - started
+    await db.close()
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(ended.value).reason == "SERVER_DRAINING"
+    assert elapsed < 15, f"the stop waited {elapsed:.1f} s of its 30 s grace for a watch stream"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Annotated
+from collections.abc import Coroutine
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -50,7 +51,39 @@ def serve_command(name: Annotated[str, typer.Argument(help="the service to serve
     except UnknownService as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
-    asyncio.run(_serve(definition.name, definition.load_factory()(settings), settings))
+    run_to_completion(_serve(definition.name, definition.load_factory()(settings), settings))
+
+
+LEFTOVER_WAIT_S = 3.0
+
+
+def run_to_completion(main: Coroutine[Any, Any, None], leftover_wait_s: float = LEFTOVER_WAIT_S) -> None:
+    """`asyncio.run`, except that tasks still pending once `main` returned get `leftover_wait_s` to
+    finish after being cancelled, not forever. A library's clean-up task can wait on something that
+    will never come: aiosqlite's `close()` awaits its worker thread in a `finally`, even when a forced
+    close on a cancelled call already stopped that thread, so `asyncio.run` hung at exit and the
+    launcher had to kill the process. Such tasks are logged and abandoned; the process exits."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main)
+    finally:
+        try:
+            leftovers = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            for task in leftovers:
+                task.cancel()
+            if leftovers:
+                _, pending = loop.run_until_complete(asyncio.wait(leftovers, timeout=leftover_wait_s))
+                for task in pending:
+                    log.warning("abandoning a task that did not finish when cancelled at exit: %r", task)
+            loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), leftover_wait_s))
+            loop.run_until_complete(asyncio.wait_for(loop.shutdown_default_executor(), leftover_wait_s))
+        except TimeoutError:
+            log.warning(
+                "async generators or the executor did not close within %.0f s at exit", leftover_wait_s
+            )
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 async def _serve(name: str, service_app: object, settings: Settings) -> None:

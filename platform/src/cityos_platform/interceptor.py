@@ -20,6 +20,7 @@ Platform-owned services (health, reflection) pass through untouched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -35,6 +36,7 @@ from google.protobuf.message import Message
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from cityos.common.v1 import policy_pb2
 from cityos_platform.accesslog import AccessLog, AccessRecord
 from cityos_platform.auth import Principal
 from cityos_platform.authz import Authenticator, authorize
@@ -44,6 +46,7 @@ from cityos_platform.errors import (
     CityOSError,
     DeadlineExceeded,
     ResourceExhausted,
+    Unavailable,
     internal_status,
     trailing_metadata,
 )
@@ -209,6 +212,9 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.access_records = access_records
         # The generated handlers are built once per server, so their wrappers are too.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        # Set when the server starts draining: watch streams (endless by nature, resumable by cursor)
+        # end at once with UNAVAILABLE instead of holding the drain for its whole grace period.
+        self.draining = asyncio.Event()
 
     async def intercept_service(
         self,
@@ -298,7 +304,10 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     try:
                         request = await self._admit(info, request, stream=True)
                         admitted = True
-                        async for response in behavior(request, context):
+                        responses = behavior(request, context)
+                        if policy.stream_class == policy_pb2.STREAM_CLASS_WATCH:
+                            responses = _until(responses, self.draining)
+                        async for response in responses:
                             yield response
                     except grpc.aio.AbortError:
                         raise
@@ -311,9 +320,12 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         if admitted:
                             self.limits.release_stream(policy, info.caller)
             finally:
-                _current.reset(token)
                 if not info.finished:
                     self._finish(span, info, context)
+                # A stream the client cancelled is closed by grpc from another context than the one
+                # that started it: the reset then raises ValueError, and the call is recorded already.
+                with contextlib.suppress(ValueError):
+                    _current.reset(token)
 
         return handle
 
@@ -471,6 +483,34 @@ def resource_of(request: Any, path: str) -> str:
     for part in path.split("."):
         value = getattr(value, part, "")
     return value if isinstance(value, str) else str(value)
+
+
+async def _until(responses: AsyncIterator[Any], draining: asyncio.Event) -> AsyncIterator[Any]:
+    """The responses of a watch stream until the server drains; then UNAVAILABLE with a retry hint, so
+    the client resumes from its cursor (on another replica, or on this one once it is back)."""
+    stop = asyncio.ensure_future(draining.wait())
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(responses))
+            done, _ = await asyncio.wait({following, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if following not in done:
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await following
+                raise Unavailable(
+                    "the server is shutting down; resume from your last cursor",
+                    reason="SERVER_DRAINING",
+                    retry_after_s=1.0,
+                )
+            try:
+                yield following.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        stop.cancel()
+        aclose = getattr(responses, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _check_size(message: Message, limit: int) -> None:

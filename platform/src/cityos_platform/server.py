@@ -99,6 +99,7 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         if self.settings.drain_delay_s:
             await asyncio.sleep(self.settings.drain_delay_s)
+        self.runtime.draining.set()  # watch streams end now (UNAVAILABLE: resume from the cursor)
         await self.server.stop(grace)
         if self.runtime.access_records is not None:
             await self.runtime.access_records.close()
