@@ -44,7 +44,7 @@ class Lot:
             location=resources_pb2.GeoPoint(latitude=CENTER[0], longitude=CENTER[1]),
             detection_type=fields.pop("detection_type", parking_pb2.DETECTION_TYPE_SINGLE_SPACE),
             allowed_vehicle_types=["car"],
-            tariff=self.tariff(),
+            tariff=fields.pop("tariff", self.tariff()),
             **fields,
         )
         return await self.parking.CreateSite(

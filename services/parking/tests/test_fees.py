@@ -15,7 +15,10 @@ from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
+from google.protobuf import duration_pb2
 
+from cityos.parking.v1 import parking_pb2
+from cityos_parking import tariffs
 from cityos_parking.fees import (
     Fee,
     Overnight,
@@ -759,3 +762,90 @@ def test_receipt_adds_up_and_covers_the_stay() -> None:
         cap = tariff.daily_cap
         assert all(cap is None or day.amount <= cap for day in fee.days)
         assert all(period.start.date() == day.day for day in fee.days for period in day.periods)
+
+
+# --- the API's tariff: one conversion, one validation (cityos_parking.tariffs) ---------------------------
+
+
+@pytest.mark.req("PRK-5")
+def test_the_api_tariff_converts_to_the_fee_engines() -> None:
+    proto = parking_pb2.Tariff(
+        price_per_minute="0.05",
+        currency="CNY",
+        time_zone="Asia/Shanghai",
+        free_minutes=15,
+        daily_cap="30",
+        maximum_stay=duration_pb2.Duration(seconds=7200),
+        overnight=parking_pb2.Overnight(start="20:00", end="08:00", flat_fee="5"),
+        permits=[
+            parking_pb2.PermitClass(
+                name="resident",
+                hours=[parking_pb2.WeeklyWindow(weekdays=[1, 2, 3, 4, 5], start="18:00", end="08:00")],
+            ),
+            parking_pb2.PermitClass(
+                name="delivery",
+                hours=[parking_pb2.WeeklyWindow(start="09:00", end="11:00")],
+                price_per_minute="0.01",
+            ),
+        ],
+        opening_hours=[parking_pb2.WeeklyWindow(weekdays=[1, 2, 3, 4, 5, 6], start="07:00", end="22:00")],
+    )
+    assert tariffs.to_fees_tariff(proto) == replace(
+        BASE,
+        daily_cap=D("30"),
+        maximum_stay=timedelta(hours=2),
+        overnight=Overnight(time(20), time(8), flat_fee=D("5")),
+        permits=(RESIDENT, DELIVERY),
+        opening_hours=OPEN_HOURS.opening_hours,
+    )
+    # Unset optional parts: no cap, no limit, no night, free permit rates and free nights when empty.
+    assert tariffs.to_fees_tariff(
+        parking_pb2.Tariff(price_per_minute="0", currency="JPY", time_zone="Asia/Tokyo")
+    ) == Tariff(price_per_minute=D(0), currency="JPY", time_zone="Asia/Tokyo")
+    free_nights = parking_pb2.Tariff(
+        price_per_minute="0.05",
+        currency="CNY",
+        time_zone="Asia/Shanghai",
+        overnight={"start": "20:00", "end": "08:00"},
+    )
+    assert tariffs.to_fees_tariff(free_nights).overnight == Overnight(time(20), time(8), D(0))
+
+
+@pytest.mark.req("PRK-5")
+def test_the_api_tariffs_problems_are_named_once_by_their_proto_path() -> None:
+    proto = parking_pb2.Tariff(
+        price_per_minute="cheap",  # format
+        currency="XYZ",  # a rule of the fee engine: not an ISO 4217 code
+        time_zone="Mars/Olympus",  # both layers would object: named once
+        free_minutes=2000,  # a rule
+        daily_cap="30.001",  # fine while the currency is unknown (its minor unit decides; see CNY below)
+        maximum_stay=duration_pb2.Duration(seconds=90),  # a rule: whole minutes
+        overnight=parking_pb2.Overnight(start="20:00", end="20:00", flat_fee="x"),
+        permits=[parking_pb2.PermitClass(name="resident"), parking_pb2.PermitClass(name="resident")],
+        opening_hours=[parking_pb2.WeeklyWindow(weekdays=[3, 3, 9], start="7:00", end="22:00")],
+    )
+    problems = tariffs.tariff_problems(proto)
+    fields = [field for field, _ in problems]
+    assert len(fields) == len(set(fields))
+    assert set(fields) == {
+        "site.tariff.price_per_minute",
+        "site.tariff.currency",
+        "site.tariff.time_zone",
+        "site.tariff.free_minutes",
+        "site.tariff.maximum_stay",
+        "site.tariff.overnight.end",
+        "site.tariff.overnight.flat_fee",
+        "site.tariff.permits[1].name",
+        "site.tariff.opening_hours[0].weekdays[1]",
+        "site.tariff.opening_hours[0].weekdays[2]",
+        "site.tariff.opening_hours[0].start",
+    }
+    cny = parking_pb2.Tariff(
+        price_per_minute="0.05", currency="CNY", time_zone="Asia/Shanghai", daily_cap="30.001"
+    )
+    assert tariffs.tariff_problems(cny, "tariff") == [
+        ("tariff.daily_cap", "has more than 2 decimals, the currency's minor unit")
+    ]
+    with pytest.raises(TariffError) as invalid:
+        tariffs.to_fees_tariff(cny)
+    assert invalid.value.field == "tariff.daily_cap"

@@ -143,9 +143,11 @@ def _sensor_sample(state: DeviceState, rng: random.Random) -> dict[str, float]:
     n = int(state.device_id.rsplit("-", 1)[1])
     segment, index, _ = spot_point(n)
     hour = local_hour()
-    occupied = next_occupied(
-        state.values.get("occupied", 0.0) >= 0.5, street_curve(hour) * segment.busyness, rng
-    )
+    target = min(0.95, street_curve(hour) * segment.busyness)
+    if "occupied" in state.values:
+        occupied = next_occupied(state.values["occupied"] >= 0.5, target, rng)
+    else:  # a fresh start begins at the curve, not with an empty street
+        occupied = rng.random() < target
     # The first two spots of every segment are a loading bay: no parking from 22:00 to 06:00.
     loading_bay_closed = index < 2 and (hour >= 22 or hour < 6)
     return {

@@ -11,16 +11,17 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import grpc
 from google.protobuf import duration_pb2, empty_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 
 from cityos.common.v1 import resources_pb2
-from cityos.parking.v1 import parking_pb2, parking_pb2_grpc
-from cityos_parking.models import GroupRow, SiteRow, SpotRow
+from cityos.parking.v1 import parking_pb2, parking_pb2_grpc, reservations_pb2
+from cityos_parking.models import GroupRow, ReservationRow, SessionRow, SiteRow, SpotRow
+from cityos_parking.settings import ParkingSettings
 from cityos_parking.tariffs import tariff_problems
 from cityos_platform.areas import AreaRegistry, cell_for
 from cityos_platform.db import Database, Tx
@@ -55,6 +56,9 @@ SPOT_UPDATABLE = {
     "allowed_vehicle_types",
 }
 Violations = list[tuple[str, str]]
+DEFAULT_HEARTBEAT_TIMEOUT = timedelta(
+    seconds=ParkingSettings.model_fields["sensor_heartbeat_timeout_s"].default
+)
 
 
 def _stamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -158,7 +162,18 @@ def spot_to_proto(row: SpotRow) -> parking_pb2.Spot:
         etag=row.etag,
         create_time=_stamp(row.create_time),
         update_time=_stamp(row.update_time),
+        sensor_heard_time=_stamp(row.sensor_heard_time) if row.sensor_heard_time else None,
+        forbidden_parking=bool(row.forbidden_parking),
     )
+
+
+def sensor_state(row: SpotRow, now: datetime, heartbeat_timeout: timedelta) -> int:
+    """What the spot's sensor last said (FREE or OCCUPIED) while it is alive (heard within the
+    heartbeat timeout); UNKNOWN without a sensor, before its first reading, or once it went silent."""
+    heard = row.sensor_heard_time
+    if row.sensor_id and row.sensor_status and heard is not None and now - heard <= heartbeat_timeout:
+        return row.sensor_status
+    return int(parking_pb2.SPOT_STATUS_UNKNOWN)
 
 
 def _site_problems(site: parking_pb2.Site, paths: Sequence[str] | None) -> Violations:
@@ -204,10 +219,18 @@ def _site_problems(site: parking_pb2.Site, paths: Sequence[str] | None) -> Viola
 
 
 class ParkingServicer(parking_pb2_grpc.ParkingServiceServicer):
-    def __init__(self, db: Database, page_tokens: PageTokens, areas: AreaRegistry) -> None:
+    def __init__(
+        self,
+        db: Database,
+        page_tokens: PageTokens,
+        areas: AreaRegistry,
+        *,
+        sensor_heartbeat_timeout: timedelta = DEFAULT_HEARTBEAT_TIMEOUT,
+    ) -> None:
         self.db = db
         self.page_tokens = page_tokens
         self.areas = areas
+        self.sensor_heartbeat_timeout = sensor_heartbeat_timeout
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -367,6 +390,18 @@ class ParkingServicer(parking_pb2_grpc.ParkingServiceServicer):
                 raise FailedPrecondition(
                     f"{request.name} still holds {spots} spot(s) and {groups} group(s); delete them first",
                     reason="SITE_NOT_EMPTY",
+                )
+            records = sum(
+                [
+                    int(await tx.session.scalar(select(func.count()).where(table.site_id == site_id)) or 0)
+                    for table in (ReservationRow, SessionRow)
+                ]
+            )
+            if records:
+                raise FailedPrecondition(
+                    f"{request.name} has {records} reservation(s) and session(s) on record (billing "
+                    "history); a site with history is kept — close it with its opening hours instead",
+                    reason="SITE_HAS_HISTORY",
                 )
             emit(tx, "site.deleted", site_to_proto(row, 0), request.name, row)
             await tx.session.delete(row)
@@ -605,8 +640,11 @@ class ParkingServicer(parking_pb2_grpc.ParkingServiceServicer):
                     spot.location.latitude, spot.location.longitude, field="spot.location"
                 )
                 row.latitude, row.longitude = spot.location.latitude, spot.location.longitude
-            if "sensor" in paths:
+            if "sensor" in paths and (spot.sensor.partition("/")[2] or None) != row.sensor_id:
                 row.sensor_id = spot.sensor.partition("/")[2] or None
+                # Another sensor: the old one's state and times say nothing about it.
+                row.sensor_status, row.sensor_time, row.sensor_heard_time = 0, None, None
+                row.forbidden_parking = False
             if "width_m" in paths:
                 row.width_m = spot.width_m
             if "length_m" in paths:
@@ -628,6 +666,7 @@ class ParkingServicer(parking_pb2_grpc.ParkingServiceServicer):
             if row is None:
                 raise not_found("spot", request.name)
             site = await self._writable_site(tx, row.site_id, request.name)
+            await _detach_spot_history(tx, spot_id, request.name)
             emit(tx, "spot.deleted", spot_to_proto(row), request.name, site)
             await tx.session.delete(row)
         return empty_pb2.Empty()
@@ -648,7 +687,10 @@ class ParkingServicer(parking_pb2_grpc.ParkingServiceServicer):
             if row is None:
                 raise not_found("spot", request.name)
             site = await self._writable_site(tx, row.site_id, request.name)
-            return change_status(tx, site, row, request.status, source="operator", reason=request.reason)
+            status = int(request.status)
+            if status == parking_pb2.SPOT_STATUS_UNKNOWN:  # handed back: what its live sensor says
+                status = sensor_state(row, tx.now, self.sensor_heartbeat_timeout)
+            return change_status(tx, site, row, status, source="operator", reason=request.reason)
 
 
 EVENT_OF_STATUS: dict[int, str] = {
@@ -692,6 +734,33 @@ def change_status(
         )
         emit(tx, EVENT_OF_STATUS[status], changed, spot.name, site)
     return spot
+
+
+async def _detach_spot_history(tx: Tx, spot_id: str, name: str) -> None:
+    """A spot with a live hold or a running session is in use; past ones keep their site, not the spot."""
+    now = tx.now
+    live = await tx.session.scalar(
+        select(func.count()).where(
+            ReservationRow.spot_id == spot_id,
+            ReservationRow.state.in_(
+                [reservations_pb2.RESERVATION_STATE_HELD, reservations_pb2.RESERVATION_STATE_CHECKED_IN]
+            ),
+            ReservationRow.end_time > now,
+        )
+    )
+    running = await tx.session.scalar(
+        select(func.count()).where(
+            SessionRow.spot_id == spot_id, SessionRow.state == reservations_pb2.SESSION_STATE_ACTIVE
+        )
+    )
+    if live or running:
+        raise FailedPrecondition(
+            f"{name} has {live} live reservation(s) and {running} running session(s); "
+            "cancel or stop them first",
+            reason="SPOT_IN_USE",
+        )
+    for table in (ReservationRow, SessionRow):
+        await tx.session.execute(update(table).where(table.spot_id == spot_id).values(spot_id=None))
 
 
 def _categories(values: Sequence[str]) -> Violations:

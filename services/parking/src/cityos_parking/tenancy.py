@@ -4,19 +4,37 @@ reading is exempt, since parking is public information."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime, timedelta
+
 import grpc
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from cityos.common.v1 import events_pb2, resources_pb2
-from cityos.parking.v1 import parking_pb2, parking_pb2_grpc
+from cityos.parking.v1 import (
+    availability_pb2,
+    parking_pb2,
+    parking_pb2_grpc,
+    reservations_pb2,
+    reservations_pb2_grpc,
+)
 from cityos_platform.testing.tenancy import TenancyCase, TenancyExamples, TokenFor
 
 SERVICE = "/cityos.parking.v1.ParkingService/"
+AVAILABILITY = "/cityos.parking.v1.AvailabilityService/"
+NGSI_LD = "/cityos.parking.v1.NgsiLdService/"
 PUBLIC = "parking is public information: every signed-in caller reads sites, groups and spots"
-EXEMPT = {
-    SERVICE + method: PUBLIC
-    for method in ("GetSite", "ListSites", "GetGroup", "ListGroups", "GetSpot", "ListSpots")
-}
+EXEMPT = (
+    {
+        SERVICE + method: PUBLIC
+        for method in ("GetSite", "ListSites", "GetGroup", "ListGroups", "GetSpot", "ListSpots")
+    }
+    | {
+        AVAILABILITY + method: PUBLIC + ", and where there is space to park"
+        for method in ("GetSiteAvailability", "SearchAvailability", "WatchAvailability")
+    }
+    | {NGSI_LD + method: PUBLIC + ", in NGSI-LD" for method in ("GetEntity", "ListEntities")}
+)
 POINT = resources_pb2.GeoPoint(latitude=39.05, longitude=115.95)
 
 
@@ -107,7 +125,100 @@ async def seed(channel: grpc.aio.Channel, token: TokenFor, organization: str) ->
     add(SERVICE + "DeleteSite", parking_pb2.DeleteSiteRequest(name="sites/b-empty-street"))
     add("/cityos.common.v1.EventService/StreamEvents", events_pb2.StreamEventsRequest(follow=False))
     case.listings = {"/cityos.common.v1.EventService/StreamEvents"}
+    # A garage counting at its gates: only its owner or operator reports its gates.
+    garage = _site(organization)
+    garage.kind = parking_pb2.SITE_KIND_OFF_STREET
+    garage.detection_type = parking_pb2.DETECTION_TYPE_BALANCING
+    garage.capacity = 100
+    await parking.CreateSite(parking_pb2.CreateSiteRequest(site=garage, site_id="b-garage"), metadata=owner)
+    case.names.append("b-garage")
+    add(
+        AVAILABILITY + "RecordGatePassage",
+        availability_pb2.RecordGatePassageRequest(
+            site="sites/b-garage", gate="north", direction=availability_pb2.GATE_DIRECTION_ENTRY, count=1
+        ),
+    )
+    await reservation_examples(channel, token, organization, case)
     return case
 
 
-EXAMPLES = TenancyExamples(seed=seed, exempt=EXEMPT)
+RESERVATIONS = "/cityos.parking.v1.ReservationService/"
+SESSIONS = "/cityos.parking.v1.SessionService/"
+RESERVATION_EXEMPT = {
+    RESERVATIONS + "CreateReservation": "anyone signed in reserves at any site (parking is public); the "
+    "hold is its holder's, and every other reservation RPC is scoped to the holder and the site's operator",
+    SESSIONS + "QuoteFee": "a site's prices are public information, like the site itself",
+}
+
+
+def _stamp(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+async def reservation_examples(
+    channel: grpc.aio.Channel, token: TokenFor, organization: str, case: TenancyCase
+) -> None:
+    owner = token(organization, ["org-admin", "operator"])
+    reservations = reservations_pb2_grpc.ReservationServiceStub(channel)
+    sessions = reservations_pb2_grpc.SessionServiceStub(channel)
+    soon = datetime.now(UTC) + timedelta(minutes=5)
+
+    async def hold(plate: str) -> reservations_pb2.Reservation:
+        held: reservations_pb2.Reservation = await reservations.CreateReservation(
+            reservations_pb2.CreateReservationRequest(
+                reservation=reservations_pb2.Reservation(
+                    site="sites/b-street",
+                    start_time=_stamp(soon),
+                    end_time=_stamp(soon + timedelta(hours=1)),
+                    plate=plate,
+                    vehicle_type="car",
+                ),
+                request_id=uuid.uuid4().hex,
+            ),
+            metadata=owner,
+        )
+        return held
+
+    # Two holds: the site has two spots (capacity holds count against them).
+    kept, to_cancel = await hold("B10001"), await hold("B10002")
+    session = await sessions.StartSession(
+        reservations_pb2.StartSessionRequest(
+            session=reservations_pb2.ParkingSession(
+                site="sites/b-street", plate="B20001", vehicle_type="car"
+            ),
+            request_id=uuid.uuid4().hex,
+        ),
+        metadata=owner,
+    )
+    case.names += [
+        kept.name.partition("/")[2],
+        to_cancel.name.partition("/")[2],
+        session.name.partition("/")[2],
+    ]
+    add = case.requests.__setitem__
+    add(RESERVATIONS + "GetReservation", reservations_pb2.GetReservationRequest(name=kept.name))
+    add(RESERVATIONS + "ListReservations", reservations_pb2.ListReservationsRequest())
+    add(RESERVATIONS + "CancelReservation", reservations_pb2.CancelReservationRequest(name=to_cancel.name))
+    add(RESERVATIONS + "CheckIn", reservations_pb2.CheckInRequest(site="sites/b-street", plate="B10001"))
+    # At a gate: only the site's operator speaks for its gates (A: PERMISSION_DENIED).
+    add(
+        SESSIONS + "StartSession",
+        reservations_pb2.StartSessionRequest(
+            session=reservations_pb2.ParkingSession(
+                site="sites/b-street",
+                plate="B20002",
+                vehicle_type="car",
+                source=reservations_pb2.SESSION_SOURCE_GATE,
+            ),
+            request_id="tenancy-gate-1",
+        ),
+    )
+    add(SESSIONS + "GetSession", reservations_pb2.GetSessionRequest(name=session.name))
+    add(SESSIONS + "ListSessions", reservations_pb2.ListSessionsRequest())
+    add(SESSIONS + "StopSession", reservations_pb2.StopSessionRequest(name=session.name))
+    case.listings |= {RESERVATIONS + "ListReservations", SESSIONS + "ListSessions"}
+
+
+EXAMPLES = TenancyExamples(seed=seed, exempt=EXEMPT | RESERVATION_EXEMPT)
