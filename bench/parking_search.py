@@ -16,7 +16,9 @@ Setup
 Calls: a fixed, seeded mix of what a parking app asks — a point in the city, a radius of 300 m to 2 km,
 sites (90 %, the default level) or single spots (10 %), any vehicle or a car or a motorcycle, now (90 %)
 or a time in the next two days (10 %). The same list runs sequentially (one call at a time: the
-baseline) and with 64 in flight; p50 and p99 are the concurrent run's latencies, rps its throughput,
+baseline) and with 64 in flight; p50 and p99 are the concurrent run's latencies in its steady state (the
+first call of each of the 64 callers, sent all at once, is counted in the throughput but not in the
+percentiles), rps its throughput,
 and `aio_vs_sequential` the concurrent throughput over the sequential one.
 
     python bench/parking_search.py [--calls 3000] [--concurrency 64] [--spots 10000] [--sites 100]
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import subprocess
@@ -224,18 +227,22 @@ async def sequential(stub, calls, metadata) -> float:
     return len(calls) / (time.perf_counter() - started)
 
 
-async def concurrent(stub, calls, metadata, in_flight: int) -> tuple[float, list[float]]:
+async def concurrent(stubs, calls, metadata, in_flight: int) -> tuple[float, list[float]]:
+    """`in_flight` callers, spread over the clients' connections (`stubs`, one per channel)."""
     latencies: list[float] = []
     queue = iter(calls)
 
-    async def caller() -> None:
+    async def caller(stub) -> None:
+        first = True
         for request in queue:
             begun = time.perf_counter()
             await stub.SearchAvailability(request, metadata=metadata, timeout=10)
-            latencies.append(time.perf_counter() - begun)
+            if not first:  # the first calls all start at once: a burst, not the steady state
+                latencies.append(time.perf_counter() - begun)
+            first = False
 
     started = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(in_flight)))
+    await asyncio.gather(*(caller(stubs[n % len(stubs)]) for n in range(in_flight)))
     return len(calls) / (time.perf_counter() - started), latencies
 
 
@@ -246,10 +253,17 @@ class CpuMeter:
     def __init__(self, service_pid: int) -> None:
         self.service_pid = service_pid
 
+    def _pids(self) -> list[int]:
+        """The service process and its workers (children), when it runs several."""
+        children = Path(f"/proc/{self.service_pid}/task/{self.service_pid}/children")
+        return [self.service_pid, *(int(pid) for pid in children.read_text().split())]
+
     def _sample(self) -> tuple[float, float, float, float]:
         tick = os.sysconf("SC_CLK_TCK")
-        fields = Path(f"/proc/{self.service_pid}/stat").read_text().rpartition(")")[2].split()
-        service = (int(fields[11]) + int(fields[12])) / tick
+        service = 0.0
+        for pid in self._pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            service += (int(fields[11]) + int(fields[12])) / tick
         times = os.times()
         machine = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
         busy = sum(int(v) for v in machine[:3]) + sum(int(v) for v in machine[5:8])
@@ -284,6 +298,10 @@ async def main() -> None:
     parser.add_argument("--sites", type=int, default=100)
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--spot-share", type=float, default=0.1, help="the share of SPOTS-level searches")
+    parser.add_argument("--clients", type=int, default=16, help="client connections the callers spread over")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="service worker processes (CITYOS_WORKERS; one per core)"
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
@@ -306,30 +324,44 @@ async def main() -> None:
             "CITYOS_AUTH_ISSUER": issuer.issuer.issuer_url,
             "CITYOS_LOG_LEVEL": "WARNING",
             "CITYOS_PARKING_FOLLOW_TELEMETRY": "false",
+            "CITYOS_WORKERS": str(args.workers),
         }
         service = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
             [sys.executable, *PROFILE_ARGS, "-m", "cityos_platform.cli", "serve", "parking"],
             env=env,
             stdout=subprocess.DEVNULL,
         )
-        while health_status(f"127.0.0.1:{port}") != 1:
+        while health_status(f"127.0.0.1:{port}") != 1 or len(CpuMeter(service.pid)._pids()) <= min(
+            1, args.workers - 1
+        ):
             assert service.poll() is None, "the parking service did not start"
             await asyncio.sleep(0.2)
+        await asyncio.sleep(2 if args.workers > 1 else 0)  # the other workers start after the first
         citizen = bearer(issuer.issuer.mint("users/bench", "public", ["citizen"], ttl_s=3600))
         calls = requests(args.calls, rng, args.spot_share)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = availability_pb2_grpc.AvailabilityServiceStub(channel)
+        # Many drivers' apps: each connection its own (a channel per client); the sequential baseline is
+        # one client asking one question after another. Unique channel arguments stop grpc from sharing
+        # one subchannel (one TCP connection) between the channels.
+        channels = [
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("cityos.bench.client", n)])
+            for n in range(args.clients)
+        ]
+        async with contextlib.AsyncExitStack() as opened:
+            for channel in channels:
+                await opened.enter_async_context(channel)
+            stubs = [availability_pb2_grpc.AvailabilityServiceStub(channel) for channel in channels]
+            stub = stubs[0]
             found = 0
             for request in calls[:300]:  # warm up (and check the answers are not empty)
                 answer = await stub.SearchAvailability(request, metadata=citizen, timeout=10)
                 found += len(answer.sites) + len(answer.spots)
             assert found > 300, f"the searches found almost nothing ({found} results)"
             # Warm up the concurrent path too: the service opens its database connections on demand.
-            await concurrent(stub, calls[:600], citizen, args.concurrency)
+            await concurrent(stubs, calls, citizen, args.concurrency)
             with CpuMeter(service.pid) as sequential_cpu:
                 sequential_rps = await sequential(stub, calls, citizen)
             with CpuMeter(service.pid) as concurrent_cpu:
-                concurrent_rps, latencies = await concurrent(stub, calls, citizen, args.concurrency)
+                concurrent_rps, latencies = await concurrent(stubs, calls, citizen, args.concurrency)
     finally:
         if service is not None:
             service.terminate()
@@ -343,6 +375,7 @@ async def main() -> None:
     p50, p99 = percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000
     print(
         f"spots={args.spots} sites={args.sites} calls={args.calls} in_flight={args.concurrency} "
+        f"workers={args.workers} clients={args.clients} "
         f"sequential_rps={sequential_rps:.0f} results_in_warmup={found}"
     )
     print(

@@ -7,11 +7,14 @@ refused, and the process exits 0 within its grace period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -142,3 +145,62 @@ async def test_draining_ends_watch_streams_at_once_so_the_grace_is_not_spent_wai
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(ended.value).reason == "SERVER_DRAINING"
     assert elapsed < 15, f"the stop waited {elapsed:.1f} s of its 30 s grace for a watch stream"
+
+
+@pytest.mark.slow
+@pytest.mark.req("FND-2")
+def test_workers_share_one_port_and_stop_together(registered_conformance):
+    """CITYOS_WORKERS=2: a supervisor runs two processes of the service on one port (SO_REUSEPORT),
+    both listen on it, and SIGTERM stops them all with status 0."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = {**registered_conformance, "CITYOS_PORT": str(port), "CITYOS_WORKERS": "2", "CITYOS_GRACE_S": "2"}
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "cityos_platform.cli", "serve", "conformance"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_serving(address, supervisor)
+        children = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children")
+        deadline = time.monotonic() + 60
+        while len(children.read_text().split()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = [int(pid) for pid in children.read_text().split()]
+        assert len(workers) == 2
+        time.sleep(1.0)  # the second worker binds after the first answered
+        # Each worker binds its own listening socket on the port; the kernel spreads connections.
+        assert {pid for pid in workers if _listens_on(pid, port)} == set(workers)
+        assert health_status(address) == health_pb2.HealthCheckResponse.SERVING
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=30) == 0
+        assert all(not Path(f"/proc/{pid}").exists() or _zombie(pid) for pid in workers)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Whether the process holds the listening socket of the port (each worker binds its own)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    listening = (
+        Path("/proc/net/tcp").read_text().splitlines()[1:]
+        + Path("/proc/net/tcp6").read_text().splitlines()[1:]
+    )
+    for line in listening:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
+            return True
+    return False
+
+
+def _zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    return True

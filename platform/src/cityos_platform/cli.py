@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Coroutine
 from typing import Annotated, Any
@@ -51,7 +52,75 @@ def serve_command(name: Annotated[str, typer.Argument(help="the service to serve
     except UnknownService as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
+    if settings.workers > 1 and settings.worker_index is None:
+        raise typer.Exit(supervise_workers(definition.name, settings))
     run_to_completion(_serve(definition.name, definition.load_factory()(settings), settings))
+
+
+def supervise_workers(name: str, settings: Settings) -> int:
+    """Run `settings.workers` processes of the service on one port and stop them together.
+
+    The first worker starts alone (it migrates the database) and the others join once it answers
+    health, so migrations never race. SIGTERM/SIGINT are passed on; when a worker exits by itself the
+    others are stopped and its status returned (the orchestrator restarts the pod)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cityos_platform.launcher import health_status, port_is_free
+
+    if settings.port == 0:
+        err.print("[red]CITYOS_WORKERS > 1 needs a fixed CITYOS_PORT (the workers share it)[/red]")
+        return 2
+    if settings.host in ("127.0.0.1", "0.0.0.0", "localhost") and not port_is_free(settings.port):
+        err.print(f"[red]port {settings.port} is already in use[/red]")
+        return 2
+    stop = {"signal": 0}
+
+    def forward(signum: int, frame: object) -> None:
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "[::]", "localhost") else settings.host
+    address = f"{host}:{settings.port}"
+
+    def start(index: int) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "CITYOS_WORKER_INDEX": str(index)}
+        return subprocess.Popen([sys.executable, "-m", "cityos_platform.cli", "serve", name], env=env)
+
+    workers = [start(0)]
+    log.info("supervising %d workers of %s on port %d", settings.workers, name, settings.port)
+    deadline = time.monotonic() + 120
+    while health_status(address) is None and not stop["signal"] and workers[0].poll() is None:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if not stop["signal"] and workers[0].poll() is None:
+        workers += [start(index) for index in range(1, settings.workers)]
+    status = 0
+    while not stop["signal"]:
+        exited = next((worker for worker in workers if worker.poll() is not None), None)
+        if exited is not None:
+            status = exited.returncode or 1
+            log.error(
+                "worker %d of %s exited with %s; stopping the others", workers.index(exited), name, status
+            )
+            break
+        time.sleep(0.2)
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    limit = time.monotonic() + settings.grace_s + settings.drain_delay_s + 10
+    for worker in workers:
+        try:
+            worker.wait(timeout=max(0.1, limit - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+    return status
 
 
 LEFTOVER_WAIT_S = 3.0
@@ -95,6 +164,9 @@ async def _serve(name: str, service_app: object, settings: Settings) -> None:
             certificate_verifier=getattr(service_app, "certificate_verifier", None),
         )
         running = await serve(mounts, settings, label=name, authenticator=authenticator)
+        # What start-up made (modules, descriptors, settings, caches) lives as long as the process:
+        # out of the collector's generations, full collections no longer scan it on every pass.
+        gc.freeze()
         await serve_until_signalled(running)
     finally:
         await service_app.stop()  # type: ignore[attr-defined]

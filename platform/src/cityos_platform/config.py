@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     drain_delay_s: float = Field(default=0.0, ge=0, le=60)
     grace_s: float = Field(default=10.0, ge=0, le=300)
 
+    # Worker processes serving the same port (SO_REUSEPORT), each running the whole service: gRPC in
+    # Python runs one core per process, so a CPU-bound service on a pod with N cores serves N workers.
+    # `cityos serve` supervises them (the first starts alone and migrates; the rest join once it is
+    # up); needs a fixed `port`. `worker_index` is set by the supervisor for each worker (None: not a
+    # worker); services run their singleton background work in worker 0 only.
+    workers: int = Field(default=1, ge=1, le=64)
+    worker_index: int | None = Field(default=None, ge=0, le=63)
+
     # TLS: a certificate and key enable TLS; a client CA enables mutual TLS (client certificate required).
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -147,6 +155,12 @@ class Settings(BaseSettings):
     def client_id_for(self, service: str) -> str:
         """This service's OAuth2 client: `CITYOS_AUTH_CLIENT_ID`, else the realm's `cityos-<service>`."""
         return self.auth_client_id or f"cityos-{service}"
+
+    @property
+    def runs_singletons(self) -> bool:
+        """Whether this process runs the service's background work that one process does per replica
+        (a feed follower, sweeps): yes unless it is a worker other than the first."""
+        return self.worker_index in (None, 0)
 
     def database_url_for(self, service: str) -> str:
         return (

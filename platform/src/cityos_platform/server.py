@@ -158,7 +158,8 @@ async def serve(
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),  # two servers must never share a port silently
+        # Two servers must never share a port silently, except the workers of one service.
+        ("grpc.so_reuseport", 1 if settings.worker_index is not None else 0),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),

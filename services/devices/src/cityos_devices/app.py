@@ -63,7 +63,9 @@ class DevicesApp:
         self.token_verifiers = {TOKEN_PREFIX: tokens}
         ingestor = Ingestor(db)
         self.pruner = SpoolPruner(db, timedelta(hours=self.devices_settings.spool_retention_h))
-        if self.run_jobs:
+        # Once-per-replica work runs in the first worker only (CITYOS_WORKERS).
+        singletons = self.run_jobs and self.settings.runs_singletons
+        if singletons:
             self.pruner.start()
         areas = AreaRegistry.default()
         broker = BrokerAdmin(self.devices_settings.mqtt_url) if self.devices_settings.mqtt_url else None
@@ -75,11 +77,11 @@ class DevicesApp:
         self.certificate_verifier = DeviceCertificateVerifier(db)
         hub = ConnectionHub()
         registry = DeviceServicer(db, PageTokens(secret), areas, tokens, ingestor, broker, ca, hub)
-        if broker is not None:
+        if broker is not None and self.settings.runs_singletons:
             self.adapter = MqttAdapter(self.devices_settings.mqtt_url, broker, ingestor)
             self.adapter.start()
         self.jobs = JobRunner(db, areas)
-        if self.run_jobs:
+        if singletons:
             self.jobs.start()
         poll = self.settings.events_poll_interval_s
         return [

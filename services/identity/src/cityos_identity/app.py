@@ -74,7 +74,7 @@ class IdentityApp:
             self.identity.token_ttl_s,
             self.clock,
         )
-        if self.identity.serve_jwks:
+        if self.identity.serve_jwks and self.settings.runs_singletons:  # one JWKS port per replica
             self.jwks_server = DevIssuerServer(
                 self.minter.issuer,
                 host=self.settings.host,
@@ -85,7 +85,7 @@ class IdentityApp:
         audit_folder = self.settings.access_log_path(NAME).parent
         self.importer = AccessLogImporter(db, audit_folder, self.identity.audit_import_interval_s)
         self.enforcer = ConcessionEnforcer(db, self.directory, self.identity.concession_check_interval_s)
-        if self.run_tasks:
+        if self.run_tasks and self.settings.runs_singletons:  # once per replica (CITYOS_WORKERS)
             self.importer.start()
             self.enforcer.start()
         service_tokens = None if self.identity.directory == "keycloak" else self.minter

@@ -66,18 +66,24 @@ class ParkingApp:
         pseudonyms = PlatePseudonyms.from_settings(self.parking_settings, Path(self.settings.var_dir))
         self.sweeper = Sweeper(db, self.parking_settings.sweep_interval_s)
         self.plate_retention = PlateRetention(db, timedelta(days=self.parking_settings.plate_retention_days))
-        if self.run_tasks:
+        # Background work runs once per replica (in its first worker when it serves several).
+        singletons = self.run_tasks and self.settings.runs_singletons
+        if singletons:
             self.sweeper.start()
             self.plate_retention.start()
         hold_grace = timedelta(seconds=self.parking_settings.hold_grace_s)
         heartbeat_timeout = timedelta(seconds=self.parking_settings.sensor_heartbeat_timeout_s)
-        self.follower = telemetry_follower(db, self.settings, self.parking_settings, clock=self.clock)
+        self.follower = (
+            telemetry_follower(db, self.settings, self.parking_settings, clock=self.clock)
+            if self.settings.runs_singletons
+            else None
+        )
         if self.follower is not None:
             self.follower.start()
             self.heartbeat = SensorHeartbeat(
                 db, heartbeat_timeout, self.parking_settings.heartbeat_check_interval_s
             )
-            if self.run_tasks:
+            if singletons:
                 self.heartbeat.start()
         return [
             Mount(

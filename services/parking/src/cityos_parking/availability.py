@@ -605,14 +605,30 @@ class PgReader:
         self.size = size
         self.opened: list[asyncpg.Connection] = []
         self.idle: asyncio.Queue[asyncpg.Connection] = asyncio.Queue()
+        self.prefilled = False
         event.listen(db.engine.sync_engine, "engine_disposed", lambda _engine: self.close())
 
+    async def _connect(self) -> asyncpg.Connection:
+        connection = await asyncpg.connect(
+            self.dsn, server_settings={"application_name": "cityos-parking-search"}
+        )
+        self.opened.append(connection)
+        return connection
+
     async def fetch(self, statement: str, *parameters: Any) -> list[asyncpg.Record]:
-        if self.idle.empty() and len(self.opened) < self.size:
-            connection = await asyncpg.connect(
-                self.dsn, server_settings={"application_name": "cityos-parking-search"}
+        if not self.opened and not self.prefilled:
+            # Open the whole set at once, on the first search, rather than one by one under load: a new
+            # PostgreSQL connection forks a backend, tens of milliseconds of the machine's CPU that
+            # would otherwise stall the searches in flight at that moment.
+            self.prefilled = True
+            opened = await asyncio.gather(
+                *(self._connect() for _ in range(self.size - 1)), return_exceptions=True
             )
-            self.opened.append(connection)
+            for connection in opened:
+                if isinstance(connection, asyncpg.Connection):
+                    self.idle.put_nowait(connection)
+        if self.idle.empty() and len(self.opened) < self.size:
+            connection = await self._connect()
         else:
             connection = await self.idle.get()
         try:
@@ -630,6 +646,44 @@ class PgReader:
             connection.terminate()
         self.opened.clear()
         self.idle = asyncio.Queue()
+        self.prefilled = False
+
+
+class OutboxHead:
+    """The outbox head for many concurrent searches with one statement in flight at a time.
+
+    A search must see every change committed before it began, so it may not use a head read that was
+    already on its way; it waits for the next one. Searches arriving while a read is in flight all share
+    the read sent after it: under load one statement serves a whole batch of searches, alone a search
+    pays one round trip as before."""
+
+    def __init__(self, reader: PgReader) -> None:
+        self.reader = reader
+        self._next: asyncio.Future[int] | None = None
+        self._running: asyncio.Task[None] | None = None
+
+    async def read(self) -> int:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        if self._running is None:
+            self._running = asyncio.get_running_loop().create_task(self._run())
+        return await asyncio.shield(self._next)
+
+    async def _run(self) -> None:
+        try:
+            while self._next is not None:
+                waiting, self._next = self._next, None
+                try:
+                    head = int((await self.reader.fetch(_PG_HEAD))[0][0])
+                except asyncio.CancelledError:
+                    waiting.cancel()
+                    raise
+                except Exception as error:  # every search waiting on this read gets its error
+                    waiting.set_exception(error)
+                else:
+                    waiting.set_result(head)
+        finally:
+            self._running = None
 
 
 class SiteSnapshot:
@@ -653,6 +707,7 @@ class SiteSnapshot:
 
     def __init__(self, reader: PgReader) -> None:
         self.reader = reader
+        self.head = OutboxHead(reader)
         self.position = -1
         self.loaded_at = 0.0
         self.tallies: dict[str, Tally] = {}
@@ -676,10 +731,10 @@ class SiteSnapshot:
     async def _refresh(self, now: datetime) -> None:
         loop = asyncio.get_running_loop()
         stale = loop.time() - self.loaded_at > self.FULL_RELOAD_S
-        if not stale and (await self.reader.fetch(_PG_HEAD))[0][0] == self.position:
+        if not stale and await self.head.read() == self.position:
             return
         async with self.lock:
-            head = (await self.reader.fetch(_PG_HEAD))[0][0]
+            head = await self.head.read()
             stale = loop.time() - self.loaded_at > self.FULL_RELOAD_S
             if head == self.position and not stale:
                 return  # another search refreshed it meanwhile

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, MetaData, String
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from cityos_platform.models import NAMING_CONVENTION, LocatedMixin, OwnedMixin, UtcDateTime
@@ -50,6 +50,8 @@ class GroupRow(Base):
 
 class SpotRow(LocatedMixin, Base):
     __tablename__ = "spots"
+    # The nearest-spot search scans a latitude band of its bounding box (migration 0003).
+    __table_args__ = (Index("ix_spots_latitude_longitude", "latitude", "longitude"),)
 
     spot_id: Mapped[str] = mapped_column(String(63), primary_key=True)
     site_id: Mapped[str] = mapped_column(ForeignKey("sites.site_id"), index=True)
