@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from datetime import UTC, datetime
+
 import grpc
 import pytest
 
 from cityos.common.v1 import resources_pb2
 from cityos.parking.v1 import parking_pb2, parking_pb2_grpc
 from cityos_parking.app import ParkingApp
+from cityos_parking.settings import ParkingSettings
+from cityos_platform.clock import ManualClock
 from cityos_platform.config import load_settings
 from cityos_platform.testing.fixtures import bearer
 
@@ -72,3 +77,34 @@ async def lot(start_server, database_url, mint, tmp_path):
     yield Lot(server, app, channel, mint)
     await channel.close()
     await app.stop()
+
+
+# -- a service on a manual clock (reservations, sessions, plates) ---------------------------------------
+
+MONDAY_0900_SHANGHAI = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clocked_service(start_server, database_url, tmp_path):
+    """`async with clocked_service(**parking_settings) as (app, channel, clock)`: the service on a
+    ManualClock at Monday 09:00 in Asia/Shanghai, its background tasks left to the test."""
+
+    @contextlib.asynccontextmanager
+    async def running(**parking_settings):
+        clock = ManualClock(MONDAY_0900_SHANGHAI)
+        app = ParkingApp(
+            load_settings(var_dir=tmp_path, events_poll_interval_s=0.1),
+            database_url=database_url,
+            clock=clock,
+            parking_settings=ParkingSettings(**parking_settings),
+            run_tasks=False,
+        )
+        server = await start_server(await app.start())
+        channel = grpc.aio.insecure_channel(server.address)
+        try:
+            yield app, channel, clock
+        finally:
+            await channel.close()
+            await app.stop()
+
+    return running

@@ -11,13 +11,12 @@ from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
-from google.protobuf import timestamp_pb2
 
 from cityos.common.v1 import events_pb2, events_pb2_grpc, resources_pb2
 from cityos.parking.v1 import availability_pb2, availability_pb2_grpc, parking_pb2, reservations_pb2
 from cityos_parking.availability import bounding_box, haversine_m
 from cityos_parking.models import ReservationRow, SiteRow
-from cityos_platform.testing.status import error_info, field_violations
+from cityos_platform.testing.status import error_info, field_violations, stamp
 
 CENTER = (39.05, 115.95)
 FREE, OCCUPIED, CLOSED = (
@@ -25,12 +24,6 @@ FREE, OCCUPIED, CLOSED = (
     parking_pb2.SPOT_STATUS_OCCUPIED,
     parking_pb2.SPOT_STATUS_CLOSED,
 )
-
-
-def stamp(value: datetime) -> timestamp_pb2.Timestamp:
-    result = timestamp_pb2.Timestamp()
-    result.FromDatetime(value)
-    return result
 
 
 def fields_of(error) -> set[str]:

@@ -12,9 +12,8 @@ import stat
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import grpc
 import pytest
-from google.protobuf import duration_pb2, json_format, timestamp_pb2
+from google.protobuf import duration_pb2, json_format
 from pydantic import SecretStr
 from sqlalchemy import MetaData, select
 
@@ -23,9 +22,8 @@ from cityos.parking.v1 import parking_pb2, parking_pb2_grpc, reservations_pb2, r
 from cityos_parking.app import ParkingApp
 from cityos_parking.plates import KEY_FILE, PlatePseudonyms, normalise_plate
 from cityos_parking.settings import ParkingSettings
-from cityos_platform.clock import ManualClock
-from cityos_platform.config import load_settings
 from cityos_platform.testing.fixtures import bearer
+from cityos_platform.testing.status import stamp
 
 pytestmark = pytest.mark.req("PRK-7")
 
@@ -93,27 +91,10 @@ def test_the_key_is_configured_or_generated_once_and_kept_private(tmp_path):
 # -- the service: nothing leaves in clear, nothing stays past the retention -----------------------------
 
 
-def stamp(value: datetime) -> timestamp_pb2.Timestamp:
-    result = timestamp_pb2.Timestamp()
-    result.FromDatetime(value)
-    return result
-
-
 @pytest.fixture
-async def service(start_server, database_url, mint, tmp_path):
-    clock = ManualClock(START)
-    app = ParkingApp(
-        load_settings(var_dir=tmp_path, events_poll_interval_s=0.1),
-        database_url=database_url,
-        clock=clock,
-        parking_settings=ParkingSettings(plate_retention_days=RETENTION_DAYS),
-        run_tasks=False,
-    )
-    server = await start_server(await app.start())
-    channel = grpc.aio.insecure_channel(server.address)
-    yield app, channel, clock, lambda *args: bearer(mint(*args))
-    await channel.close()
-    await app.stop()
+async def service(clocked_service, mint):
+    async with clocked_service(plate_retention_days=RETENTION_DAYS) as (app, channel, clock):
+        yield app, channel, clock, lambda *args: bearer(mint(*args))
 
 
 async def rows_holding(app: ParkingApp, needles: list[bytes]) -> list[str]:

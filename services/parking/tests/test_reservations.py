@@ -24,11 +24,9 @@ from cityos.parking.v1 import parking_pb2, parking_pb2_grpc, reservations_pb2, r
 from cityos_parking.app import ParkingApp
 from cityos_parking.models import ReservationRow
 from cityos_parking.reservations import is_spot_conflict
-from cityos_parking.settings import ParkingSettings
 from cityos_platform.clock import ManualClock
-from cityos_platform.config import load_settings
 from cityos_platform.testing.fixtures import bearer
-from cityos_platform.testing.status import error_info, field_violations
+from cityos_platform.testing.status import error_info, field_violations, refused, stamp
 
 pytestmark = pytest.mark.req("PRK-4")
 
@@ -38,12 +36,6 @@ HELD = reservations_pb2.RESERVATION_STATE_HELD
 POSTGRES_ONLY = pytest.mark.parametrize(
     "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
 )
-
-
-def stamp(value: datetime) -> timestamp_pb2.Timestamp:
-    result = timestamp_pb2.Timestamp()
-    result.FromDatetime(value)
-    return result
 
 
 class Garage:
@@ -137,26 +129,9 @@ class Garage:
 
 
 @pytest.fixture
-async def garage(start_server, database_url, mint, tmp_path):
-    clock = ManualClock(START)
-    app = ParkingApp(
-        load_settings(var_dir=tmp_path, events_poll_interval_s=0.1),
-        database_url=database_url,
-        clock=clock,
-        parking_settings=ParkingSettings(hold_grace_s=900),
-        run_tasks=False,
-    )
-    server = await start_server(await app.start())
-    channel = grpc.aio.insecure_channel(server.address)
-    yield Garage(app, channel, mint, clock)
-    await channel.close()
-    await app.stop()
-
-
-async def refused(call) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
+async def garage(clocked_service, mint):
+    async with clocked_service(hold_grace_s=900) as (app, channel, clock):
+        yield Garage(app, channel, mint, clock)
 
 
 # -- no double booking --------------------------------------------------------------------------------

@@ -13,18 +13,16 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from cityos.common.v1 import events_pb2, events_pb2_grpc, resources_pb2
 from cityos.parking.v1 import parking_pb2, parking_pb2_grpc, reservations_pb2, reservations_pb2_grpc
 from cityos_parking import fees
 from cityos_parking.app import ParkingApp
-from cityos_parking.settings import ParkingSettings
 from cityos_parking.tariffs import fee_to_proto, to_fees_tariff
 from cityos_platform.clock import ManualClock
-from cityos_platform.config import load_settings
 from cityos_platform.testing.fixtures import bearer
-from cityos_platform.testing.status import error_info, field_violations
+from cityos_platform.testing.status import error_info, field_violations, refused, stamp
 
 pytestmark = pytest.mark.req("PRK-5")
 
@@ -45,12 +43,6 @@ TARIFF = parking_pb2.Tariff(
         parking_pb2.PermitClass(name="resident", hours=[parking_pb2.WeeklyWindow(start="18:00", end="08:00")])
     ],
 )
-
-
-def stamp(value: datetime) -> timestamp_pb2.Timestamp:
-    result = timestamp_pb2.Timestamp()
-    result.FromDatetime(value)
-    return result
 
 
 class Garage:
@@ -129,26 +121,9 @@ class Garage:
 
 
 @pytest.fixture
-async def garage(start_server, database_url, mint, tmp_path):
-    clock = ManualClock(START)
-    app = ParkingApp(
-        load_settings(var_dir=tmp_path, events_poll_interval_s=0.1),
-        database_url=database_url,
-        clock=clock,
-        parking_settings=ParkingSettings(),
-        run_tasks=False,
-    )
-    server = await start_server(await app.start())
-    channel = grpc.aio.insecure_channel(server.address)
-    yield Garage(app, channel, mint, clock)
-    await channel.close()
-    await app.stop()
-
-
-async def refused(call) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
+async def garage(clocked_service, mint):
+    async with clocked_service() as (app, channel, clock):
+        yield Garage(app, channel, mint, clock)
 
 
 async def test_the_fee_on_stop_is_the_fee_engines_quote_with_free_minutes_a_daily_cap_and_a_night(garage):

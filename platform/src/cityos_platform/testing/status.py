@@ -1,10 +1,14 @@
-"""Client-side helpers for tests: read the rich google.rpc.Status a failed call carried."""
+"""Client-side helpers for tests: read the rich google.rpc.Status a failed call carried, and make
+timestamps."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -40,3 +44,19 @@ def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
     bad = detail(rich_status(error), error_details_pb2.BadRequest)
     assert isinstance(bad, error_details_pb2.BadRequest), f"no BadRequest detail on {error}"
     return [(violation.field, violation.description) for violation in bad.field_violations]
+
+
+async def refused(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    """The error a call ends with; the test fails if the call succeeds."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error
+    raise AssertionError("the call succeeded; it should have been refused")
+
+
+def stamp(value: datetime) -> timestamp_pb2.Timestamp:
+    """A protobuf Timestamp of an aware datetime."""
+    result = timestamp_pb2.Timestamp()
+    result.FromDatetime(value)
+    return result
