@@ -227,7 +227,8 @@ def cover_to_proto(row: CoverRow) -> manholes_pb2.Cover:
         create_time=_stamp(row.create_time),
         update_time=_stamp(row.update_time),
     )
-    # The analytics job's latest score; none yet: the risk is left unset (its source UNSPECIFIED).
+    # The analytics job's latest score, else the one from the cover's alarm history (risk.py); none
+    # until the history scorer first ran over a new cover.
     if row.risk_score is not None:
         cover.risk.CopyFrom(
             manholes_pb2.RiskScore(
@@ -527,7 +528,8 @@ class CoverServicer(manholes_pb2_grpc.CoverServiceServicer):
                     )
                 ).all()
                 for row in rows:  # a cover deleted since the job read it is skipped
-                    if row.risk_time is not None and computed < row.risk_time:
+                    analytics = row.risk_source == manholes_pb2.RISK_SOURCE_ANALYTICS
+                    if analytics and row.risk_time is not None and computed < row.risk_time:
                         stale += 1
                         continue
                     row.risk_score = scores[row.cover_id]
