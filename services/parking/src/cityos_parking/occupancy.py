@@ -4,8 +4,9 @@ A spot sensor is a device of type `parking.sensor` (`ParkingSettings.sensor_type
 (1 occupied, 0 free), optionally `forbidden_parking` (1 when a vehicle stands where it must not) and
 anything else (`battery_v`, …). A spot watches the sensor named by its `sensor_id`.
 
-`TelemetryFollower` subscribes to `cityos.devices.v1.TelemetryService/SubscribeTelemetry` (the sensor
-type, `follow`, after its checkpoint) as the service's own client, and for each batch applies the
+`TelemetryFollower` (`cityos_platform.feeds.TelemetryFollower` with the spot rules as its `apply`)
+subscribes to `cityos.devices.v1.TelemetryService/SubscribeTelemetry` (the sensor type, `follow`,
+after its checkpoint) as the service's own client, and for each batch applies the
 readings and stores the batch's cursor (`FeedCursorRow("devices.telemetry")`) in one transaction: after a
 crash or a restart it resumes after the last batch whose effects committed, so nothing is applied twice
 and nothing is lost. The cursor is moved compare-and-set: a replica that finds it moved by another
@@ -33,8 +34,6 @@ with source `heartbeat`, unless it is closed or unknown already. Time is the dat
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -42,28 +41,25 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 from sqlalchemy import and_, or_, select
-from sqlalchemy.exc import IntegrityError, OperationalError
 
-from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
+from cityos.devices.v1 import devices_pb2
 from cityos.parking.v1 import parking_pb2
 from cityos_parking.models import FeedCursorRow, SiteRow, SpotRow
 from cityos_parking.registry import change_status, emit, spot_to_proto
 from cityos_parking.settings import ParkingSettings
+from cityos_platform import feeds
 from cityos_platform.clock import SYSTEM_CLOCK, Clock
 from cityos_platform.config import Settings
 from cityos_platform.db import Database, Tx
-from cityos_platform.peers import TokenError, TokenRefused, client_credentials, peer_channel
 from cityos_platform.tasks import PeriodicTask
 
 log = logging.getLogger(__name__)
 
-FEED = "devices.telemetry"
-SERVICE, DEVICES = "parking", "devices"
+FEED = feeds.FEED
+SERVICE = "parking"
 OCCUPIED = "occupied"
 FORBIDDEN = "forbidden_parking"
-FEED_BATCH = 500
 HEARTBEAT_BATCH = 500
-MAX_RETRY_S = 30.0
 FREE, TAKEN = int(parking_pb2.SPOT_STATUS_FREE), int(parking_pb2.SPOT_STATUS_OCCUPIED)
 CLOSED, UNKNOWN = int(parking_pb2.SPOT_STATUS_CLOSED), int(parking_pb2.SPOT_STATUS_UNKNOWN)
 
@@ -158,33 +154,9 @@ def apply_reading(tx: Tx, site: SiteRow, row: SpotRow, record: devices_pb2.Telem
 # -- the feed ----------------------------------------------------------------------------------------
 
 
-class _CursorMoved(Exception):
-    """Another replica moved the feed cursor since this follower read it."""
-
-
-async def load_cursor(db: Database) -> str:
-    async with db.read() as session:
-        row = await session.get(FeedCursorRow, FEED)
-    return row.cursor if row is not None else ""
-
-
-async def _move_cursor(tx: Tx, expected: str, cursor: str) -> None:
-    """Compare-and-set: move the cursor from `expected` to `cursor`, or _CursorMoved."""
-    row = await tx.session.get(FeedCursorRow, FEED, with_for_update=True)
-    if (row.cursor if row is not None else "") != expected:
-        raise _CursorMoved
-    if row is None:
-        tx.session.add(FeedCursorRow(feed=FEED, cursor=cursor, update_time=tx.now))
-    else:
-        row.cursor, row.update_time = cursor, tx.now
-
-
-class TelemetryFollower:
-    """Follows the telemetry feed into spot statuses (`run()` until cancelled; `catch_up()` once).
-
-    `channel` reaches the devices service and carries this service's token (`peers.peer_channel`); the
-    follower closes it when stopped. `records` counts the records applied to bound spots, `batches` the
-    batches committed, since this follower was made."""
+class TelemetryFollower(feeds.TelemetryFollower):
+    """Follows the telemetry feed into spot statuses (`cityos_platform.feeds.TelemetryFollower` with
+    parking's sensor type, cursor table and `apply_records`)."""
 
     def __init__(
         self,
@@ -192,89 +164,24 @@ class TelemetryFollower:
         channel: grpc.aio.Channel,
         settings: ParkingSettings,
         *,
-        max_batch: int = FEED_BATCH,
+        max_batch: int = feeds.FEED_BATCH,
     ) -> None:
-        self.db = db
-        self.channel = channel
-        self.stub = devices_pb2_grpc.TelemetryServiceStub(channel)
-        self.sensor_type = settings.sensor_type
-        self.retry_s = settings.feed_retry_s
-        self.max_batch = max_batch
-        self.records = 0
-        self.batches = 0
-        self._task: asyncio.Task[None] | None = None
+        sensor_type = settings.sensor_type
 
-    async def _follow(self, follow: bool) -> int:
-        cursor = await load_cursor(self.db)
-        request = devices_pb2.SubscribeTelemetryRequest(
-            after_cursor=cursor, types=[self.sensor_type], follow=follow, max_batch=self.max_batch
+        async def apply(tx: Tx, records: Sequence[devices_pb2.TelemetryRecord]) -> int:
+            return await apply_records(tx, records, sensor_type)
+
+        super().__init__(
+            db,
+            channel,
+            types=[sensor_type],
+            cursor_model=FeedCursorRow,
+            apply=apply,
+            retry_s=settings.feed_retry_s,
+            max_batch=max_batch,
+            name="telemetry follower",
         )
-        call = self.stub.SubscribeTelemetry(request)
-        applied = 0
-        try:
-            async for response in call:
-                if not response.cursor or response.cursor == cursor:
-                    continue
-                async with self.db.transaction() as tx:
-                    await _move_cursor(tx, cursor, response.cursor)
-                    count = await apply_records(tx, response.records, self.sensor_type)
-                cursor = response.cursor
-                applied += count
-                self.records += count
-                self.batches += 1
-        finally:
-            call.cancel()
-        return applied
-
-    async def catch_up(self) -> int:
-        """Apply everything on the feed so far; the number of records that concerned a bound sensor."""
-        return await self._follow(follow=False)
-
-    async def run(self) -> None:
-        """Follow the feed until cancelled, reconnecting with backoff (doubling from `feed_retry_s` up to
-        30 s) when the devices service, the issuer or the database is away."""
-        delay = self.retry_s
-        while True:
-            batches = self.batches
-            try:
-                await self._follow(follow=True)
-                log.warning("the telemetry feed ended; resubscribing")
-            except _CursorMoved:
-                log.info("another replica moved the telemetry cursor; resubscribing from it")
-                continue
-            except IntegrityError:  # another replica stored the first cursor at the same time
-                log.info("another replica stored the telemetry cursor first; resubscribing from it")
-                continue
-            except grpc.aio.AioRpcError as error:
-                log.warning(
-                    "telemetry feed unavailable (%s: %s); retrying in %.1f s",
-                    error.code().name,
-                    error.details(),
-                    delay,
-                )
-            except TokenRefused as error:
-                log.error("no token for the telemetry feed: %s; retrying in %.1f s", error, delay)
-            except TokenError as error:
-                log.warning("no token for the telemetry feed: %s; retrying in %.1f s", error, delay)
-            except OperationalError as error:
-                log.warning("database unavailable while applying telemetry (%s); retrying", error.orig)
-            except Exception:  # a bug must not stop occupancy for good: say so loudly and try again
-                log.exception("applying the telemetry feed failed; retrying in %.1f s", delay)
-            if self.batches > batches:
-                delay = self.retry_s  # it made progress: start the backoff again
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_RETRY_S)
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run(), name="telemetry follower")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self.channel.close()
+        self.sensor_type = sensor_type
 
 
 # -- the heartbeat -----------------------------------------------------------------------------------
@@ -349,27 +256,11 @@ def telemetry_follower(
     if not parking.follow_telemetry:
         log.info("occupancy from telemetry is off (CITYOS_PARKING_FOLLOW_TELEMETRY=false)")
         return None
-    missing = [
-        variable
-        for variable, present in (
-            ("CITYOS_ENDPOINTS with 'devices'", DEVICES in settings.endpoints),
-            ("CITYOS_AUTH_CLIENT_SECRET", bool(settings.auth_client_secret.get_secret_value())),
-        )
-        if not present
-    ]
-    if missing:
-        log.warning(
-            "not following the devices telemetry feed: %s not set; spot occupancy comes from operators "
-            "and gates only",
-            " and ".join(missing),
-        )
-        return None
-    tokens = client_credentials(settings, SERVICE, clock=clock)
-    channel = peer_channel(settings, DEVICES, tokens)
-    log.info(
-        "following the devices telemetry feed at %s (sensors of type %s) as %s",
-        settings.endpoints[DEVICES],
-        parking.sensor_type,
-        settings.client_id_for(SERVICE),
+    channel = feeds.feed_channel(
+        settings,
+        SERVICE,
+        [parking.sensor_type],
+        without="spot occupancy comes from operators and gates only",
+        clock=clock,
     )
-    return TelemetryFollower(db, channel, parking)
+    return TelemetryFollower(db, channel, parking) if channel is not None else None
