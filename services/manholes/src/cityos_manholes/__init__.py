@@ -6,5 +6,5 @@ SERVICE = ServiceDefinition(
     name="manholes",
     dev_port=50064,
     factory="cityos_manholes.app:create",
-    description="manhole covers and their risk (in progress: live state, alarms, work orders)",
+    description="manhole covers: live state, alarms, work orders, risk",
 )

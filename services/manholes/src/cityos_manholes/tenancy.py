@@ -4,18 +4,31 @@ organization neither reads nor changes them."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import grpc
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from cityos.common.v1 import events_pb2, resources_pb2
 from cityos.manholes.v1 import manholes_pb2, manholes_pb2_grpc
 from cityos_platform.testing.tenancy import TenancyCase, TenancyExamples, TokenFor
 
 COVERS = "/cityos.manholes.v1.CoverService/"
+ALARMS = "/cityos.manholes.v1.AlarmService/"
+WORK_ORDERS = "/cityos.manholes.v1.WorkOrderService/"
+NO_ALARMS_THROUGH_THE_API = (
+    "alarms are raised only by the rules applied to a terminal's readings (the devices service's "
+    "telemetry), which this check does not run, so its seed cannot make one through the API; alarms "
+    "are visible only to the organizations of their cover, and services/manholes/tests/test_alarms.py "
+    "proves another organization gets NOT_FOUND (MAN-4) and sees none in WatchAlarms (MAN-5)"
+)
 EXEMPT = {
     COVERS + "SetRiskScores": "called by the analytics job's service account only (role `service` and its "
     "client named in CITYOS_MANHOLES_RISK_WRITERS): city-wide by design; any other caller, of any "
     "organization, is refused (services/manholes/tests/test_covers.py, MAN-6)",
+} | {
+    ALARMS + method: NO_ALARMS_THROUGH_THE_API
+    for method in ("GetAlarm", "ListAlarms", "AcknowledgeAlarm", "ResolveAlarm", "WatchAlarms")
 }
 POINT = resources_pb2.GeoPoint(latitude=39.05, longitude=115.95)
 
@@ -30,6 +43,23 @@ def _cover(organization: str) -> manholes_pb2.Cover:
     )
 
 
+def _work_order() -> manholes_pb2.WorkOrder:
+    start = datetime(2026, 12, 1, 8, tzinfo=UTC)
+    return manholes_pb2.WorkOrder(
+        cover="covers/b-cover",
+        kind=manholes_pb2.WORK_ORDER_KIND_INSPECTION,
+        assignee_organization="b-crew",
+        planned_start_time=_stamp(start),
+        planned_end_time=_stamp(start + timedelta(hours=4)),
+    )
+
+
+def _stamp(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
 async def seed(channel: grpc.aio.Channel, token: TokenFor, organization: str) -> TenancyCase:
     owner = token(organization, ["org-admin", "operator"])
     covers = manholes_pb2_grpc.CoverServiceStub(channel)
@@ -37,7 +67,10 @@ async def seed(channel: grpc.aio.Channel, token: TokenFor, organization: str) ->
         await covers.CreateCover(
             manholes_pb2.CreateCoverRequest(cover=_cover(organization), cover_id=cover_id), metadata=owner
         )
-    case = TenancyCase(names=["b-cover", "b-cover-extra"])
+    work_order = await manholes_pb2_grpc.WorkOrderServiceStub(channel).CreateWorkOrder(
+        manholes_pb2.CreateWorkOrderRequest(work_order=_work_order()), metadata=owner
+    )
+    case = TenancyCase(names=["b-cover", "b-cover-extra", work_order.name])
     add = case.requests.__setitem__
     add(
         COVERS + "CreateCover",
@@ -55,9 +88,19 @@ async def seed(channel: grpc.aio.Channel, token: TokenFor, organization: str) ->
     )
     add(COVERS + "DeleteCover", manholes_pb2.DeleteCoverRequest(name="covers/b-cover-extra"))
     add("/cityos.common.v1.EventService/StreamEvents", events_pb2.StreamEventsRequest(follow=False))
+    add(WORK_ORDERS + "CreateWorkOrder", manholes_pb2.CreateWorkOrderRequest(work_order=_work_order()))
+    add(WORK_ORDERS + "GetWorkOrder", manholes_pb2.GetWorkOrderRequest(name=work_order.name))
+    add(WORK_ORDERS + "ListWorkOrders", manholes_pb2.ListWorkOrdersRequest())
+    add(
+        WORK_ORDERS + "TransitionWorkOrder",
+        manholes_pb2.TransitionWorkOrderRequest(
+            name=work_order.name, status=manholes_pb2.WORK_ORDER_STATUS_IN_PROGRESS
+        ),
+    )
     case.listings = {
         COVERS + "ListCovers",
         COVERS + "ListCoversByRisk",
+        WORK_ORDERS + "ListWorkOrders",
         "/cityos.common.v1.EventService/StreamEvents",
     }
     return case
