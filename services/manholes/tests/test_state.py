@@ -20,16 +20,15 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from sqlalchemy import select
 
 from cityos.common.v1 import events_pb2, events_pb2_grpc, resources_pb2
-from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
 from cityos.manholes.v1 import manholes_pb2, manholes_pb2_grpc
-from cityos_devices.app import DevicesApp
+from cityos_devices.testing import Fleet, running_fleet
 from cityos_manholes.app import ManholesApp
 from cityos_manholes.models import AlarmRow, WorkOrderRow
 from cityos_manholes.settings import ManholesSettings
 from cityos_manholes.telemetry import METRICS
 from cityos_platform.clock import ManualClock
 from cityos_platform.config import load_settings
-from cityos_platform.testing.fixtures import authenticator_for, bearer
+from cityos_platform.testing.fixtures import bearer
 
 CLIENT_SECRET = "manholes-client-secret-for-tests-0123456789"
 CENTER = (39.05, 115.95)
@@ -52,73 +51,10 @@ def _at(stamp: timestamp_pb2.Timestamp) -> datetime:
     return stamp.ToDatetime(tzinfo=UTC)
 
 
-class Terminals:
-    """The devices service: the terminal model, terminals and their tokens, and Report as a terminal."""
-
-    def __init__(self, server, app, channel, mint, clock):
-        self.server, self.app, self.clock = server, app, clock
-        self.registry = devices_pb2_grpc.DeviceServiceStub(channel)
-        self.telemetry = devices_pb2_grpc.TelemetryServiceStub(channel)
-        self.operator = bearer(mint("olga", "drainage", ["operator"]))
-        self.tokens: dict[str, Any] = {}
-        self.sequences: dict[str, int] = {}
-
-    async def model(self):
-        metrics = []
-        for name in METRICS:
-            unit, low, high = UNITS.get(name, ("1", 0, 1000))
-            metrics.append(devices_pb2.MetricSpec(name=name, unit=unit, min=low, max=high))
-        model = devices_pb2.DeviceModel(
-            type="manhole.terminal",
-            vendor="Acme Wells",
-            display_name="Manhole cover terminal",
-            metrics=metrics,
-            reporting_interval=duration_pb2.Duration(seconds=3600),
-        )
-        await self.registry.CreateDeviceModel(
-            devices_pb2.CreateDeviceModelRequest(device_model=model, device_model_id="mt"),
-            metadata=self.operator,
-            timeout=10,
-        )
-
-    async def terminal(self, device_id: str) -> None:
-        device = devices_pb2.Device(
-            model="deviceModels/mt",
-            serial_number=f"SN-{device_id}",
-            location=resources_pb2.GeoPoint(latitude=CENTER[0], longitude=CENTER[1]),
-        )
-        await self.registry.CreateDevice(
-            devices_pb2.CreateDeviceRequest(device=device, device_id=device_id),
-            metadata=self.operator,
-            timeout=10,
-        )
-        issued = await self.registry.IssueDeviceToken(
-            devices_pb2.IssueDeviceTokenRequest(device=f"devices/{device_id}"),
-            metadata=self.operator,
-            timeout=10,
-        )
-        self.tokens[device_id] = bearer(issued.token)
-
-    async def report(self, device_id: str, *, at: datetime | None = None, **values: float) -> datetime:
-        """One reading of `device_id`, measured `at` (default: now); returns its measured time."""
-        self.sequences[device_id] = self.sequences.get(device_id, 0) + 1
-        measured = at or self.clock.now()
-        when = timestamp_pb2.Timestamp()
-        when.FromDatetime(measured)
-        reading = devices_pb2.Reading(sequence=self.sequences[device_id], time=when, values=values)
-        reply = await self.telemetry.Report(
-            devices_pb2.ReportRequest(device=f"devices/{device_id}", readings=[reading]),
-            metadata=self.tokens[device_id],
-            timeout=10,
-        )
-        assert reply.accepted == 1, reply
-        return measured
-
-
 class Well:
     """A manholes service following the feed, with cover xa-0001 bound to terminal mt-1."""
 
-    def __init__(self, app, channel, mint, terminals: Terminals):
+    def __init__(self, app, channel, mint, terminals: Fleet):
         self.app, self.channel, self.terminals = app, channel, terminals
         self.covers = manholes_pb2_grpc.CoverServiceStub(channel)
         self.events_stub = events_pb2_grpc.EventServiceStub(channel)
@@ -191,24 +127,15 @@ def clock():
 
 @pytest.fixture
 async def terminals(start_server, dev_issuer, mint, tmp_path, clock):
-    app = DevicesApp(
-        load_settings(var_dir=tmp_path / "devices", events_poll_interval_s=0.05),
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'devices.sqlite'}",
-        clock=clock,
-        run_jobs=False,
-    )
-    mounts = await app.start()
-    authenticator = authenticator_for(dev_issuer)
-    authenticator.prefixed = app.token_verifiers  # device tokens
-    server = await start_server(mounts, authenticator=authenticator)
-    channel = grpc.aio.insecure_channel(server.address)
-    fleet = Terminals(server, app, channel, mint, clock)
-    await fleet.model()
-    for device_id in ("mt-1", "mt-2"):
-        await fleet.terminal(device_id)
-    yield fleet
-    await channel.close()
-    await app.stop()
+    async with running_fleet(
+        start_server, dev_issuer, mint, tmp_path / "devices", clock, organization="drainage"
+    ) as fleet:
+        await fleet.model(
+            "mt", "manhole.terminal", {name: UNITS.get(name, ("1", 0, 1000)) for name in METRICS}
+        )
+        for device_id in ("mt-1", "mt-2"):
+            await fleet.device(device_id, "mt", CENTER)
+        yield fleet
 
 
 @pytest.fixture

@@ -16,22 +16,22 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2
 
 from cityos.common.v1 import events_pb2, events_pb2_grpc, resources_pb2
-from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
 from cityos.parking.v1 import parking_pb2, parking_pb2_grpc
-from cityos_devices.app import DevicesApp
+from cityos_devices.testing import running_fleet
 from cityos_parking.app import ParkingApp
 from cityos_parking.models import FeedCursorRow
 from cityos_parking.occupancy import FEED
 from cityos_parking.settings import ParkingSettings
 from cityos_platform.clock import ManualClock
 from cityos_platform.config import load_settings
-from cityos_platform.testing.fixtures import authenticator_for, bearer
+from cityos_platform.testing.fixtures import bearer
 
 CLIENT_SECRET = "parking-client-secret-for-tests-0123456789"
 CENTER = (39.05, 115.95)
+SENSOR_METRICS = {"occupied": ("1", 0, 1), "forbidden_parking": ("1", 0, 1), "battery_v": ("V", 0, 4.2)}
 TIMEOUT_S = 600  # the sensors' heartbeat timeout in these tests
 CRUD_EVENTS = ("parking.spot.created", "parking.spot.updated")
 FREE, OCCUPIED = parking_pb2.SPOT_STATUS_FREE, parking_pb2.SPOT_STATUS_OCCUPIED
@@ -48,67 +48,6 @@ async def eventually(probe: Callable[[], Awaitable[Any]], ready: Callable[[Any],
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"not reached in {timeout_s} s; last: {value}")
         await asyncio.sleep(0.02)
-
-
-class Devices:
-    """The devices service: sensor models, devices and their tokens, and Report as a device."""
-
-    def __init__(self, server, app, channel, mint, clock):
-        self.server, self.app, self.channel, self.clock = server, app, channel, clock
-        self.registry = devices_pb2_grpc.DeviceServiceStub(channel)
-        self.telemetry = devices_pb2_grpc.TelemetryServiceStub(channel)
-        self.operator = bearer(mint("olga", "transport", ["operator"]))
-        self.tokens: dict[str, Any] = {}
-        self.sequences: dict[str, int] = {}
-
-    async def sensor_model(self):
-        model = devices_pb2.DeviceModel(
-            type="parking.sensor",
-            vendor="Acme Sensors",
-            display_name="Geomagnetic parking sensor",
-            metrics=[
-                devices_pb2.MetricSpec(name="occupied", unit="1", min=0, max=1),
-                devices_pb2.MetricSpec(name="forbidden_parking", unit="1", min=0, max=1),
-                devices_pb2.MetricSpec(name="battery_v", unit="V", min=0, max=4.2),
-            ],
-            reporting_interval=duration_pb2.Duration(seconds=300),
-        )
-        await self.registry.CreateDeviceModel(
-            devices_pb2.CreateDeviceModelRequest(device_model=model, device_model_id="geomag"),
-            metadata=self.operator,
-            timeout=10,
-        )
-
-    async def sensor(self, device_id: str) -> None:
-        device = devices_pb2.Device(
-            model="deviceModels/geomag",
-            serial_number=f"SN-{device_id}",
-            location=resources_pb2.GeoPoint(latitude=CENTER[0], longitude=CENTER[1]),
-        )
-        await self.registry.CreateDevice(
-            devices_pb2.CreateDeviceRequest(device=device, device_id=device_id),
-            metadata=self.operator,
-            timeout=10,
-        )
-        issued = await self.registry.IssueDeviceToken(
-            devices_pb2.IssueDeviceTokenRequest(device=f"devices/{device_id}"),
-            metadata=self.operator,
-            timeout=10,
-        )
-        self.tokens[device_id] = bearer(issued.token)
-
-    async def report(self, device_id: str, *, at: datetime | None = None, sequence: int = 0, **values: float):
-        """One reading of `device_id`, measured `at` (default: now), with the next sequence number."""
-        self.sequences[device_id] = sequence or self.sequences.get(device_id, 0) + 1
-        when = timestamp_pb2.Timestamp()
-        when.FromDatetime(at or self.clock.now())
-        reading = devices_pb2.Reading(sequence=self.sequences[device_id], time=when, values=values)
-        reply = await self.telemetry.Report(
-            devices_pb2.ReportRequest(device=f"devices/{device_id}", readings=[reading]),
-            metadata=self.tokens[device_id],
-            timeout=10,
-        )
-        assert reply.accepted == 1, reply
 
 
 class Parking:
@@ -188,24 +127,11 @@ def clock():
 
 @pytest.fixture
 async def devices(start_server, dev_issuer, mint, tmp_path, clock):
-    app = DevicesApp(
-        load_settings(var_dir=tmp_path / "devices", events_poll_interval_s=0.05),
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'devices.sqlite'}",
-        clock=clock,
-        run_jobs=False,
-    )
-    mounts = await app.start()
-    authenticator = authenticator_for(dev_issuer)
-    authenticator.prefixed = app.token_verifiers  # device tokens
-    server = await start_server(mounts, authenticator=authenticator)
-    channel = grpc.aio.insecure_channel(server.address)
-    fleet = Devices(server, app, channel, mint, clock)
-    await fleet.sensor_model()
-    for sensor in ("pk-1", "pk-2", "pk-9"):
-        await fleet.sensor(sensor)
-    yield fleet
-    await channel.close()
-    await app.stop()
+    async with running_fleet(start_server, dev_issuer, mint, tmp_path / "devices", clock) as fleet:
+        await fleet.model("geomag", "parking.sensor", SENSOR_METRICS)
+        for sensor in ("pk-1", "pk-2", "pk-9"):
+            await fleet.device(sensor, "geomag", CENTER)
+        yield fleet
 
 
 @pytest.fixture
