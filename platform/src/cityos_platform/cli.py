@@ -144,6 +144,8 @@ def run_to_completion(main: Coroutine[Any, Any, None], leftover_wait_s: float = 
                 _, pending = loop.run_until_complete(asyncio.wait(leftovers, timeout=leftover_wait_s))
                 for task in pending:
                     log.warning("abandoning a task that did not finish when cancelled at exit: %r", task)
+                    # Said once here; asyncio would say it again as an ERROR when the task is collected.
+                    task._log_destroy_pending = False  # type: ignore[attr-defined]
             loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), leftover_wait_s))
             loop.run_until_complete(asyncio.wait_for(loop.shutdown_default_executor(), leftover_wait_s))
         except TimeoutError:
