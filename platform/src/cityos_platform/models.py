@@ -109,6 +109,16 @@ class OwnedMixin:
     maintainer_organization: Mapped[str] = mapped_column(String(64), default="", index=True)
 
 
+class FeedCursorMixin:
+    """Where a service stands in a feed it follows (the devices telemetry feed,
+    `cityos_platform.feeds`), committed in the same transaction as the state derived from the records
+    before it. Each service declares its own `feed_cursors` table with it, in its own database."""
+
+    feed: Mapped[str] = mapped_column(String(63), primary_key=True)
+    cursor: Mapped[str] = mapped_column(String(200))
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 class LocatedMixin:
     """A point and its H3 cell (resolution 9), which area filters select on."""
 

@@ -9,8 +9,6 @@ kind of rule is proven once end to end: stored alarms, their events and the rule
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,22 +27,12 @@ from cityos_manholes.telemetry import METRICS
 from cityos_platform.clock import ManualClock
 from cityos_platform.config import load_settings
 from cityos_platform.testing.fixtures import bearer
+from cityos_platform.testing.waiting import eventually
 
 CLIENT_SECRET = "manholes-client-secret-for-tests-0123456789"
 CENTER = (39.05, 115.95)
 pb = manholes_pb2
 UNITS = {"tilt_deg": ("deg", 0, 180), "rsrp_dbm": ("dBm", -150, 0), "temperature_c": ("Cel", -40, 85)}
-
-
-async def eventually(probe: Callable[[], Awaitable[Any]], ready: Callable[[Any], bool], timeout_s=15.0):
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        value = await probe()
-        if ready(value):
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not reached in {timeout_s} s; last: {value}")
-        await asyncio.sleep(0.02)
 
 
 def _at(stamp: timestamp_pb2.Timestamp) -> datetime:

@@ -10,7 +10,7 @@ move, not a wait.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +28,7 @@ from cityos_parking.settings import ParkingSettings
 from cityos_platform.clock import ManualClock
 from cityos_platform.config import load_settings
 from cityos_platform.testing.fixtures import bearer
+from cityos_platform.testing.waiting import eventually
 
 CLIENT_SECRET = "parking-client-secret-for-tests-0123456789"
 CENTER = (39.05, 115.95)
@@ -36,18 +37,6 @@ TIMEOUT_S = 600  # the sensors' heartbeat timeout in these tests
 CRUD_EVENTS = ("parking.spot.created", "parking.spot.updated")
 FREE, OCCUPIED = parking_pb2.SPOT_STATUS_FREE, parking_pb2.SPOT_STATUS_OCCUPIED
 CLOSED, UNKNOWN = parking_pb2.SPOT_STATUS_CLOSED, parking_pb2.SPOT_STATUS_UNKNOWN
-
-
-async def eventually(probe: Callable[[], Awaitable[Any]], ready: Callable[[Any], bool], timeout_s=15.0):
-    """Poll `probe` until `ready(value)`: the follower applies readings in the background."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        value = await probe()
-        if ready(value):
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not reached in {timeout_s} s; last: {value}")
-        await asyncio.sleep(0.02)
 
 
 class Parking:

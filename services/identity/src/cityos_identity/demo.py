@@ -18,6 +18,7 @@ import grpc
 
 from cityos.common.v1 import resources_pb2
 from cityos.identity.v1 import identity_pb2, identity_pb2_grpc
+from cityos_platform.seeding import create_or_keep
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +38,12 @@ PEOPLE = [
 ]
 
 
-async def _create(call: object, request: object, metadata: tuple[tuple[str, str], ...]) -> None:
-    try:
-        await call(request, metadata=metadata, timeout=10)  # type: ignore[operator]
-    except grpc.aio.AioRpcError as error:
-        if error.code() != grpc.StatusCode.ALREADY_EXISTS:
-            raise
-
-
 async def seed(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
     organizations = identity_pb2_grpc.OrganizationServiceStub(channel)
     users = identity_pb2_grpc.UserServiceStub(channel)
 
     async def organization(organization_id: str, **fields: object) -> None:
-        await _create(
+        await create_or_keep(
             organizations.CreateOrganization,
             identity_pb2.CreateOrganizationRequest(
                 organization=identity_pb2.Organization(**fields),  # type: ignore[arg-type]
@@ -80,7 +73,7 @@ async def seed(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...])
         "public", display_name="Residents and developers", kind=resources_pb2.ORGANIZATION_KIND_PUBLIC
     )
     for user_id, organization_id, roles in PEOPLE:
-        await _create(
+        await create_or_keep(
             users.CreateUser,
             identity_pb2.CreateUserRequest(
                 user=identity_pb2.User(

@@ -25,13 +25,14 @@ import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import duration_pb2
 
 from cityos.common.v1 import resources_pb2
 from cityos.manholes.v1 import manholes_pb2, manholes_pb2_grpc
+from cityos_platform.seeding import create_or_keep
 
 if TYPE_CHECKING:  # the devices simulator imports this module; manholes itself does not need devices
     from cityos_devices.simulator import Behaviour, DeviceState
@@ -186,14 +187,6 @@ def behaviours() -> list[Behaviour]:
     ]
 
 
-async def _create(call: Any, request: Any, metadata: Sequence[tuple[str, str]]) -> None:
-    try:
-        await call(request, metadata=metadata, timeout=10)
-    except grpc.aio.AioRpcError as error:
-        if error.code() != grpc.StatusCode.ALREADY_EXISTS:
-            raise
-
-
 def _kind_title(kind: int) -> str:
     """`COVER_KIND_STORM_WATER` -> `Storm Water`."""
     return manholes_pb2.CoverKind.Name(kind).removeprefix("COVER_KIND_").replace("_", " ").title()  # type: ignore[arg-type]
@@ -222,7 +215,7 @@ async def seed(channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]]) -
             thresholds=thresholds,
         )
         cover_id = f"{PREFIX}-{n:04d}"
-        await _create(
+        await create_or_keep(
             covers.CreateCover,
             manholes_pb2.CreateCoverRequest(
                 cover=cover, cover_id=cover_id, request_id=f"demo-cover-{cover_id}"

@@ -34,6 +34,7 @@ from google.protobuf import duration_pb2
 
 from cityos.common.v1 import resources_pb2
 from cityos.parking.v1 import availability_pb2, availability_pb2_grpc, parking_pb2, parking_pb2_grpc
+from cityos_platform.seeding import create_or_keep
 
 if TYPE_CHECKING:  # the devices simulator imports this module; parking itself does not need devices
     from cityos_devices.simulator import Behaviour, DeviceState
@@ -218,14 +219,6 @@ GARAGE_TARIFF = _tariff(
 )
 
 
-async def _create(call: Any, request: Any, metadata: Sequence[tuple[str, str]]) -> None:
-    try:
-        await call(request, metadata=metadata, timeout=10)
-    except grpc.aio.AioRpcError as error:
-        if error.code() != grpc.StatusCode.ALREADY_EXISTS:
-            raise
-
-
 def _point(lat: float, lng: float) -> resources_pb2.GeoPoint:
     return resources_pb2.GeoPoint(latitude=lat, longitude=lng)
 
@@ -249,7 +242,7 @@ async def seed(channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]]) -
         request_site = parking_pb2.CreateSiteRequest(
             site=site, site_id=segment.site_id, request_id=f"demo-site-{segment.site_id}"
         )
-        await _create(parking.CreateSite, request_site, metadata)
+        await create_or_keep(parking.CreateSite, request_site, metadata)
         halves = (f"{segment.site_id}-a", f"{segment.site_id}-b")
         for half, title in zip(halves, ("first half", "second half"), strict=True):
             group = parking_pb2.Group(
@@ -257,7 +250,7 @@ async def seed(channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]]) -
                 site=f"sites/{segment.site_id}",
                 categories=["on-street"],
             )
-            await _create(
+            await create_or_keep(
                 parking.CreateGroup,
                 parking_pb2.CreateGroupRequest(group=group, group_id=half, request_id=f"demo-group-{half}"),
                 metadata,
@@ -274,7 +267,7 @@ async def seed(channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]]) -
                 width_m=2.5,
                 length_m=6.0,
             )
-            await _create(
+            await create_or_keep(
                 parking.CreateSpot,
                 parking_pb2.CreateSpotRequest(spot=spot, spot_id=spot_id, request_id=f"demo-spot-{spot_id}"),
                 metadata,
@@ -291,7 +284,7 @@ async def seed(channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]]) -
             tariff=GARAGE_TARIFF,
             capacity=garage.capacity,
         )
-        await _create(
+        await create_or_keep(
             parking.CreateSite,
             parking_pb2.CreateSiteRequest(
                 site=site, site_id=garage.site_id, request_id=f"demo-site-{garage.site_id}"
@@ -305,7 +298,7 @@ async def seed(channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]]) -
                 site=f"sites/{garage.site_id}",
                 categories=["off-street", f"floor-{floor}"],
             )
-            await _create(
+            await create_or_keep(
                 parking.CreateGroup,
                 parking_pb2.CreateGroupRequest(
                     group=group, group_id=group_id, request_id=f"demo-group-{group_id}"

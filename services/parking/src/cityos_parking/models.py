@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from cityos_platform.models import NAMING_CONVENTION, LocatedMixin, OwnedMixin, UtcDateTime
+from cityos_platform.models import NAMING_CONVENTION, FeedCursorMixin, LocatedMixin, OwnedMixin, UtcDateTime
 
 
 class Base(DeclarativeBase):
@@ -78,15 +78,8 @@ class SpotRow(LocatedMixin, Base):
     update_time: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
-class FeedCursorRow(Base):
-    """Where the service stands in a feed it follows (the devices telemetry feed), committed in the
-    same transaction as the state derived from the records before it."""
-
+class FeedCursorRow(FeedCursorMixin, Base):
     __tablename__ = "feed_cursors"
-
-    feed: Mapped[str] = mapped_column(String(63), primary_key=True)
-    cursor: Mapped[str] = mapped_column(String(200))
-    update_time: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class ReservationRow(Base):
