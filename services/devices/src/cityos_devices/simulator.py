@@ -4,7 +4,9 @@ Domain services plug their device behaviours in (a `Behaviour`: the device model
 where, and what one reading looks like given the device's state); the simulator supplies the rest —
 provisioning (idempotent, so a second run finds the same fleet), one token per device kept under
 `var/simulator/`, reporting at each model's interval with jitter, a battery that drains, radio quality
-that wanders, PSM sleep between uplinks, and answers to the commands delivered with each uplink.
+that wanders, PSM sleep between uplinks, and answers to the commands delivered with each uplink (and
+to a changed desired state) — by default a plain success; a behaviour that acts on them (a lamp that
+dims) says how with `on_command` and `on_desired`.
 
 `cityos dev` runs it (`cityos simulate`) against the embedded city; tests run it for a few seconds.
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from cityos.common.v1 import resources_pb2
 from cityos.devices.v1 import devices_pb2, devices_pb2_grpc
@@ -61,8 +63,13 @@ class Behaviour:
     tags: tuple[str, ...] = ()
     # Where device n stands.
     place: Callable[[int, random.Random], tuple[float, float]] = field(default=lambda n, rng: _scatter(rng))
-    # The next reading's values, given the state (which it may update).
-    sample: Callable[[DeviceState, random.Random], dict[str, float]] = field(default=lambda s, rng: {})
+    # The next reading's values, given the state (which it may update); None: the device stays silent
+    # this time (no power, no coverage).
+    sample: Callable[[DeviceState, random.Random], dict[str, float] | None] = field(default=lambda s, rng: {})
+    # Carry out a delivered command: (command, parameters) -> (succeeded, result). None: succeed.
+    on_command: Callable[[DeviceState, str, dict[str, str]], tuple[bool, str]] | None = None
+    # Apply a changed desired state (the twin's `desired`, as a dict). None: ignore it.
+    on_desired: Callable[[DeviceState, dict[str, Any]], None] | None = None
 
 
 def _scatter(rng: random.Random, spread: float = 0.03) -> tuple[float, float]:
@@ -236,6 +243,9 @@ class Simulator:
         state.battery_v = max(2.9, state.battery_v - 0.0004)
         state.rsrp_dbm = min(-70.0, max(-130.0, state.rsrp_dbm + self.rng.gauss(0, 2)))
         values = behaviour.sample(state, self.rng)
+        if values is None:  # silent this time
+            state.sequence -= 1
+            return
         state.values.update(values)
         when = timestamp_pb2.Timestamp()
         when.GetCurrentTime()
@@ -258,9 +268,14 @@ class Simulator:
             state.sequence -= 1  # not stored: the same sequence goes again next time
             return
         self.readings_sent += reply.accepted
+        if reply.HasField("twin") and behaviour.on_desired is not None:
+            behaviour.on_desired(state, json_format.MessageToDict(reply.twin.desired))
         for command in reply.commands:  # awake right now: carry them out and answer
+            succeeded, result = True, "done (simulated)"
+            if behaviour.on_command is not None:
+                succeeded, result = behaviour.on_command(state, command.command, dict(command.parameters))
             await self.commands.AckCommand(
-                devices_pb2.AckCommandRequest(name=command.name, succeeded=True, result="done (simulated)"),
+                devices_pb2.AckCommandRequest(name=command.name, succeeded=succeeded, result=result),
                 metadata=metadata,
                 timeout=10,
             )

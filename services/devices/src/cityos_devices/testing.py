@@ -39,12 +39,20 @@ class Fleet:
         self.server, self.app, self.channel, self.clock = server, app, channel, clock
         self.registry = devices_pb2_grpc.DeviceServiceStub(channel)
         self.telemetry = devices_pb2_grpc.TelemetryServiceStub(channel)
+        self.commands = devices_pb2_grpc.CommandServiceStub(channel)
+        self.jobs = devices_pb2_grpc.JobServiceStub(channel)
         self.operator = operator
         self.tokens: dict[str, Any] = {}
         self.sequences: dict[str, int] = {}
 
     async def model(
-        self, model_id: str, device_type: str, metrics: Metrics, *, reporting_interval_s: int = 300
+        self,
+        model_id: str,
+        device_type: str,
+        metrics: Metrics,
+        *,
+        reporting_interval_s: int = 300,
+        commands: tuple[str, ...] = (),
     ) -> None:
         model = devices_pb2.DeviceModel(
             type=device_type,
@@ -55,6 +63,7 @@ class Fleet:
                 for name, (unit, low, high) in metrics.items()
             ],
             reporting_interval=duration_pb2.Duration(seconds=reporting_interval_s),
+            supported_commands=list(commands),
         )
         await self.registry.CreateDeviceModel(
             devices_pb2.CreateDeviceModelRequest(device_model=model, device_model_id=model_id),
@@ -86,18 +95,35 @@ class Fleet:
     ) -> datetime:
         """One reading of `device_id`, measured `at` (default: the clock's now), with the next sequence
         number (or `sequence`); returns its measured time. Asserts the service accepted it."""
+        measured = at or self.clock.now()
+        await self.uplink(device_id, at=measured, sequence=sequence, **values)
+        return measured
+
+    async def uplink(
+        self, device_id: str, *, at: datetime | None = None, sequence: int = 0, **values: float
+    ) -> devices_pb2.ReportResponse:
+        """As `report`, returning the service's answer: the commands delivered with it (now SENT) and the
+        desired state when it changed."""
         self.sequences[device_id] = sequence or self.sequences.get(device_id, 0) + 1
         measured = at or self.clock.now()
         when = timestamp_pb2.Timestamp()
         when.FromDatetime(measured)
         reading = devices_pb2.Reading(sequence=self.sequences[device_id], time=when, values=values)
-        reply = await self.telemetry.Report(
+        reply: devices_pb2.ReportResponse = await self.telemetry.Report(
             devices_pb2.ReportRequest(device=f"devices/{device_id}", readings=[reading]),
             metadata=self.tokens[device_id],
             timeout=10,
         )
         assert reply.accepted == 1, reply
-        return measured
+        return reply
+
+    async def ack(self, device_id: str, command: str, *, succeeded: bool = True, result: str = "") -> None:
+        """Answer a delivered command (`devices/{device}/commands/{id}`) as its device."""
+        await self.commands.AckCommand(
+            devices_pb2.AckCommandRequest(name=command, succeeded=succeeded, result=result),
+            metadata=self.tokens[device_id],
+            timeout=10,
+        )
 
 
 @contextlib.asynccontextmanager
