@@ -195,6 +195,7 @@ async def street(start_server, database_url, mint, tmp_path, clock):  # type: ig
     channel = grpc.aio.insecure_channel(server.address)
     yield Street(app, channel, mint, clock)
     await channel.close()
+    await server.stop(grace=0)  # no handler is left running on a closed database
     await app.stop()
 
 
@@ -243,4 +244,5 @@ async def grid(start_server, dev_issuer, mint, tmp_path, clock, database_url, fl
     grid.fleet = fleet
     yield grid
     await channel.close()
+    await server.stop(grace=0)  # no handler is left running on a closed database
     await app.stop()

@@ -156,4 +156,6 @@ async def running_fleet(
         yield Fleet(server, app, channel, bearer(mint("users/olga", organization, ["operator"])), clock)
     finally:
         await channel.close()
+        # The server first: a feed subscriber's handler must not poll a database already closed.
+        await server.stop(grace=0)
         await app.stop()
