@@ -169,9 +169,13 @@ def test_workers_share_one_port_and_stop_together(registered_conformance):
             time.sleep(0.1)
         workers = [int(pid) for pid in children.read_text().split()]
         assert len(workers) == 2
-        time.sleep(1.0)  # the second worker binds after the first answered
-        # Each worker binds its own listening socket on the port; the kernel spreads connections.
-        assert {pid for pid in workers if _listens_on(pid, port)} == set(workers)
+        # Each worker binds its own listening socket on the port; the kernel spreads connections. The
+        # second binds after the first answered (seconds on a loaded machine): wait for it.
+        listening: set[int] = set()
+        while listening != set(workers) and time.monotonic() < deadline:
+            listening = {pid for pid in workers if _listens_on(pid, port)}
+            time.sleep(0.1)
+        assert listening == set(workers)
         assert health_status(address) == health_pb2.HealthCheckResponse.SERVING
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=30) == 0
