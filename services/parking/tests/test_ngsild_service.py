@@ -4,7 +4,6 @@ well-formed NGSI-LD and reduces to keyValues."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,16 +12,11 @@ import pytest
 
 from cityos.parking.v1 import ngsild_pb2, ngsild_pb2_grpc, parking_pb2
 from cityos_parking import ngsild
+from cityos_platform.testing.ngsild import SmartDataModels, normalized_problems
 from cityos_platform.testing.status import field_violations
 
-# The offline Smart Data Models validation of test_ngsild.py (a test module, loaded by path: the suite
-# imports test files in importlib mode, so they are not importable by name).
-_spec = importlib.util.spec_from_file_location("_ngsild_checks", Path(__file__).with_name("test_ngsild.py"))
-assert _spec is not None
-assert _spec.loader is not None
-_checks = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_checks)
-schema_errors, normalized_problems = _checks.schema_errors, _checks.normalized_problems
+# The offline Smart Data Models validation, over the vendored schemas.
+schema_errors = SmartDataModels(Path(__file__).parent / "smart-data-models").schema_errors
 
 pytestmark = pytest.mark.req("PRK-6")
 KEY_VALUES, NORMALIZED = ngsild_pb2.ENTITY_FORMAT_KEY_VALUES, ngsild_pb2.ENTITY_FORMAT_NORMALIZED

@@ -5,7 +5,6 @@ and refusals."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -17,6 +16,7 @@ from google.protobuf import duration_pb2, json_format
 
 from cityos.streetlights.v1 import faults_pb2, inventory_pb2, ngsild_pb2, schedules_pb2
 from cityos_platform.areas import cell_for
+from cityos_platform.testing.ngsild import SmartDataModels, normalized_problems
 from cityos_platform.testing.status import error_info, field_violations, refused
 from cityos_streetlights.models import (
     CabinetRow,
@@ -30,16 +30,8 @@ from cityos_streetlights.models import (
 from cityos_streetlights.ngsild import GeoPoint, reduce
 from cityos_streetlights.ngsild_service import program_levels
 
-# The offline Smart Data Models validation of test_ngsild.py (a test module, loaded by path: the suite
-# imports test files in importlib mode, so they are not importable by name).
-_spec = importlib.util.spec_from_file_location(
-    "_sl_ngsild_checks", Path(__file__).with_name("test_ngsild.py")
-)
-assert _spec is not None
-assert _spec.loader is not None
-_checks = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_checks)
-schema_errors, normalized_problems = _checks.schema_errors, _checks.normalized_problems
+# The offline Smart Data Models validation, over the vendored schemas.
+schema_errors = SmartDataModels(Path(__file__).parent / "smart-data-models").schema_errors
 
 pytestmark = pytest.mark.req("STL-7")
 KEY_VALUES, NORMALIZED = ngsild_pb2.ENTITY_FORMAT_KEY_VALUES, ngsild_pb2.ENTITY_FORMAT_NORMALIZED
