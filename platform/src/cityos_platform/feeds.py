@@ -123,6 +123,9 @@ class TelemetryFollower:
         self.records = 0
         self.batches = 0
         self._task: asyncio.Task[None] | None = None
+        # Held while a batch is applied: `stop()` waits for it, so no batch is cancelled halfway (a
+        # cancelled database call could go on in a driver thread after the database is closed).
+        self._applying = asyncio.Lock()
 
     async def _follow(self, follow: bool) -> int:
         cursor = await load_cursor(self.db, self.cursor_model, self.feed)
@@ -135,7 +138,7 @@ class TelemetryFollower:
             async for response in call:
                 if not response.cursor or response.cursor == cursor:
                     continue
-                async with self.db.transaction() as tx:
+                async with self._applying, self.db.transaction() as tx:
                     await move_cursor(tx, self.cursor_model, cursor, response.cursor, self.feed)
                     count = await self.apply(tx, response.records)
                 cursor = response.cursor
@@ -189,8 +192,10 @@ class TelemetryFollower:
         self._task = asyncio.get_running_loop().create_task(self.run(), name=self.name)
 
     async def stop(self) -> None:
+        """Stop following: a batch being applied commits first; the wait for the next one is cut short."""
         if self._task is not None:
-            self._task.cancel()
+            async with self._applying:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
