@@ -1,3 +1,3 @@
 """Shared pytest configuration for the whole workspace (platform, services, cross-service tests)."""
 
-pytest_plugins = ["cityos_platform.testing.fixtures"]
+pytest_plugins = ["cityos_platform.testing.fixtures", "cityos_platform.testing.s3"]
