@@ -18,13 +18,16 @@ SERVICES = sorted(discover())
 
 
 def _chain(service: str):  # type: ignore[no-untyped-def]
+    """The service's migration chain; None for a process without a database (the lake exporter)."""
     module = importlib.import_module(discover()[service].factory.partition(":")[0])
-    return module.CHAIN
+    return getattr(module, "CHAIN", None)
 
 
 @pytest.mark.parametrize("service", SERVICES)
 async def test_models_and_migrations_agree(service, database_url):
     chain = _chain(service)
+    if chain is None:
+        pytest.skip(f"{service} has no database of its own")
     await upgrade(database_url, [PLATFORM_CHAIN, chain])
     db = Database(database_url, source="test")
 

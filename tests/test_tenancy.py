@@ -103,6 +103,7 @@ async def test_a_user_of_one_organization_neither_reads_nor_changes_anothers_res
                 if method in case.listings:
                     assert answer_a != answer_b, f"{method}: B's answer should show B's resources"
                 checked.append(method)
-        assert checked
+        # A process that serves no RPC of its own (the lake exporter: health only) has nothing to check.
+        assert checked or not policies, f"{name}: no RPC was checked"
     finally:
         await app.stop()

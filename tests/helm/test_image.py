@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_support import ROOT, SCENARIOS, SKIP_REASON, rendered, workspace_services
+from chart_support import ROOT, SCENARIOS, SKIP_REASON, deployed_services, rendered, workspace_services
 
 pytest.importorskip("helm_python", reason=SKIP_REASON)
 
@@ -289,7 +289,7 @@ def health_check(image_env: Path, targets: list[str]) -> subprocess.CompletedPro
     container = pod["spec"]["containers"][0]
     assert container["command"] == ["python", "-c"]
     script, *chart_targets = container["args"]
-    assert chart_targets == [f"{name}=cityos-{name}:50051" for name in sorted(workspace_services())]
+    assert chart_targets == [f"{name}=cityos-{name}:50051" for name in deployed_services()]
     env = {"PATH": os.environ["PATH"], **{item["name"]: item["value"] for item in container["env"]}}
     return subprocess.run(
         [str(image_env / "bin" / "python"), "-c", script, *targets],

@@ -15,6 +15,7 @@ from chart_support import (
     SKIP_REASON,
     chart_values,
     component,
+    deployed_services,
     rendered,
     scenario_named,
     schema,
@@ -57,7 +58,7 @@ def test_components_without_code_are_disabled_by_default() -> None:
     services = chart_values()["services"]
     for name in PLATFORM_COMPONENTS:
         assert services[name]["enabled"] is False, f"{name} has no code yet; it must default to disabled"
-    for name in workspace_services():
+    for name in deployed_services():
         assert services[name].get("enabled", True) is True
 
 
@@ -146,7 +147,7 @@ def test_durable_is_a_statefulset_whose_var_dir_is_a_volume_claim() -> None:
     headless = objects.named("Service", "cityos-mqtt-adapter-headless")
     assert statefulset["spec"]["serviceName"] == "cityos-mqtt-adapter-headless"
     assert headless["spec"]["clusterIP"] == "None"
-    stateless = sorted(workspace_services())  # every service folder is stateless today
+    stateless = deployed_services()  # every deployed service folder is stateless today
     assert [component(hpa) for hpa in objects.of_kind("HorizontalPodAutoscaler")] == stateless
 
 

@@ -162,3 +162,19 @@ async def test_server_side_tls_without_client_ca_serves_any_client(start_server,
     )
     reply = await _echo_over_tls(server.port, grpc.ssl_channel_credentials(pki["ca"]))
     assert reply.message == "over tls"
+
+
+@pytest.mark.req("FND-7")
+def test_production_mode_needs_a_database_url_only_where_a_service_asks_for_one():
+    """A process without a database (the lake exporter) starts in production mode without
+    CITYOS_DATABASE_URL; a service asking for its database there gets the variable named, not SQLite."""
+    settings = load_settings(mode="production", page_token_secret="s" * 32)
+    with pytest.raises(ConfigError) as caught:
+        settings.database_url_for("parking")
+    assert "CITYOS_DATABASE_URL" in str(caught.value)
+    given = load_settings(mode="production", page_token_secret="s" * 32, database_url="postgresql://db/x")
+    assert given.database_url_for("parking") == "postgresql://db/x"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(mode="production")
+    assert "CITYOS_PAGE_TOKEN_SECRET" in str(caught.value)
+    assert load_settings().database_url_for("parking").startswith("sqlite+aiosqlite:///")

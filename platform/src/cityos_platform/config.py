@@ -131,12 +131,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _production_needs(self) -> Settings:
         if self.mode == "production":
+            # The database URL is checked where a service asks for it (`database_url_for`): a process
+            # without a database of its own (the lake exporter) needs none.
             missing = [
                 name
-                for name, value in (
-                    ("DATABASE_URL", self.database_url),
-                    ("PAGE_TOKEN_SECRET", self.page_token_secret.get_secret_value()),
-                )
+                for name, value in (("PAGE_TOKEN_SECRET", self.page_token_secret.get_secret_value()),)
                 if not value
             ]
             if missing:
@@ -163,10 +162,13 @@ class Settings(BaseSettings):
         return self.worker_index in (None, 0)
 
     def database_url_for(self, service: str) -> str:
-        return (
-            self.database_url
-            or f"sqlite+aiosqlite:///{(self.var_dir / 'db' / f'{service}.sqlite').resolve()}"
-        )
+        """`CITYOS_DATABASE_URL`; in the embedded mode, else a SQLite file under the var dir. Production
+        mode has no such default: a service with a database needs the variable (ConfigError)."""
+        if self.database_url:
+            return self.database_url
+        if self.mode == "production":
+            raise ConfigError(f"production mode needs {ENV_PREFIX}DATABASE_URL for the {service} database")
+        return f"sqlite+aiosqlite:///{(self.var_dir / 'db' / f'{service}.sqlite').resolve()}"
 
     def access_log_path(self, service: str) -> Path:
         return (self.access_log_dir or self.var_dir / "audit") / f"access-{service}.jsonl"
