@@ -17,6 +17,7 @@ delay, with a warning.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -40,7 +41,7 @@ TELEMETRY = "devices.telemetry"  # the telemetry feed's name in the spool (curso
 BACKPRESSURE_POLL_S = 0.5
 
 
-class Follower:
+class Follower(abc.ABC):
     """Follows one stream into the spool (`run()` until cancelled; `start()`/`stop()` around it).
     `rows` counts the rows spooled and `batches` the batches committed since it was made."""
 
@@ -66,14 +67,17 @@ class Follower:
         self.batches = 0
         self.waiting_for_room = False
         self._task: asyncio.Task[None] | None = None
+        # Held while a batch is committed to the spool (in a thread): `stop()` waits for it rather than
+        # abandoning a commit that would then finish after the event loop closed.
+        self._committing = asyncio.Lock()
 
+    @abc.abstractmethod
     def _responses(self, cursor: str) -> Any:
         """The stream call after `cursor` (a grpc.aio UnaryStreamCall)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _chunks(self, response: Any) -> Mapping[str, pa.Table]:
         """A response's rows, lake table -> rows."""
-        raise NotImplementedError
 
     async def _room(self) -> None:
         """Wait while the spool is full."""
@@ -103,7 +107,8 @@ class Follower:
                 if not response.cursor or response.cursor == cursor:
                     continue
                 await self._room()
-                added = await asyncio.to_thread(self._commit, cursor, response.cursor, response)
+                async with self._committing:
+                    added = await asyncio.to_thread(self._commit, cursor, response.cursor, response)
                 cursor = response.cursor
                 self.rows += added
                 self.batches += 1
@@ -158,7 +163,8 @@ class Follower:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            async with self._committing:  # a batch being committed finishes first
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
