@@ -60,4 +60,5 @@ async def street(start_server, database_url, mint, tmp_path):
     channel = grpc.aio.insecure_channel(server.address)
     yield Street(server, app, channel, mint)
     await channel.close()
+    await server.stop(grace=0)  # no handler is left running on a closed database
     await app.stop()

@@ -148,6 +148,7 @@ async def well(start_server, dev_issuer, mint, tmp_path, clock, database_url, te
     channel = grpc.aio.insecure_channel(server.address)
     yield Well(app, channel, mint, terminals)
     await channel.close()
+    await server.stop(grace=0)  # no handler is left running on a closed database
     await app.stop()
 
 

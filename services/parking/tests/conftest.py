@@ -76,6 +76,7 @@ async def lot(start_server, database_url, mint, tmp_path):
     channel = grpc.aio.insecure_channel(server.address)
     yield Lot(server, app, channel, mint)
     await channel.close()
+    await server.stop(grace=0)  # no handler is left running on a closed database
     await app.stop()
 
 
@@ -105,6 +106,7 @@ def clocked_service(start_server, database_url, tmp_path):
             yield app, channel, clock
         finally:
             await channel.close()
+            await server.stop(grace=0)  # no handler is left running on a closed database
             await app.stop()
 
     return running

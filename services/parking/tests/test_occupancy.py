@@ -157,6 +157,7 @@ async def start_parking(start_server, dev_issuer, mint, tmp_path, clock, databas
     yield start
     for parking in started:
         await parking.channel.close()
+        await parking.server.stop(grace=0)  # no handler is left running on a closed database
         await parking.app.stop()
 
 
