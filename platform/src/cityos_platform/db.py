@@ -226,5 +226,17 @@ class Database:
             value = await session.scalar(select(Outbox.seq).order_by(Outbox.seq.desc()).limit(1))
         return int(value or 0)
 
-    async def close(self) -> None:
+    async def close(self, wait_s: float = 2.0) -> None:
+        """Close every connection. A session still closing — a cancelled handler's session closes in a
+        shielded task of its own (SQLAlchemy's AsyncSession) — is waited for, up to `wait_s`, so that
+        `dispose()` closes its connection too: a connection checked out at dispose time is left to the
+        garbage collector, which stops an aiosqlite connection's thread with a future on whatever event
+        loop is current then, possibly a closed one."""
+        pool = self.engine.pool
+        checked_out = getattr(pool, "checkedout", None)
+        if checked_out is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait_s
+            while checked_out() and loop.time() < deadline:  # noqa: ASYNC110 - the pool has no event to wait on
+                await asyncio.sleep(0.01)
         await self.engine.dispose()
