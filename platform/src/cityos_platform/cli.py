@@ -262,7 +262,21 @@ def version() -> None:
     console.print(__version__)
 
 
+def add_installed_commands(target: typer.Typer) -> None:
+    """Add the command groups installed packages declare (entry point group `cityos.commands`, each a
+    Typer app named by its entry, e.g. `cityos analytics …`); one that fails to load is reported and
+    left out, never fatal to the other commands."""
+    from importlib.metadata import entry_points
+
+    for entry in sorted(entry_points(group="cityos.commands"), key=lambda e: e.name):
+        try:
+            target.add_typer(entry.load(), name=entry.name)
+        except Exception as error:  # a broken plugin must not take the CLI down
+            err.print(f"[yellow]cityos {entry.name}: not available ({error})[/yellow]")
+
+
 def main() -> None:
+    add_installed_commands(app)
     app()
 
 

@@ -217,6 +217,8 @@ class Launcher:
             self.console.print(f"starting {len(services)} service(s): {', '.join(services)}")
             ports = self.plan_ports(list(services.values()))
             endpoints = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+            # For tools run beside the city (`cityos analytics run` calls services by these addresses).
+            (self.settings.var_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2))
             secret = self.register_clients(issuer.issuer, list(services))
             self.children = [
                 self.spawn(definition, ports[name], endpoints, secret)

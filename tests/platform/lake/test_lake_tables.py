@@ -46,8 +46,20 @@ def test_the_registry_holds_the_nine_tables_each_fully_described():
 
 
 def test_a_table_name_that_is_not_registered_lists_the_known_ones():
-    with pytest.raises(KeyError, match="no lake table 'telemetry'; known: audit_events, device_events"):
+    with pytest.raises(KeyError, match=r"no lake table 'telemetry'; known: audit_events, .*device_telemetry"):
         table("telemetry")
+
+
+def test_installed_packages_add_their_output_tables_next_to_the_source_tables():
+    """The analytics jobs' outputs come through the `cityos.lake_tables` entry point; a source table's
+    name is never taken twice."""
+    from cityos_platform.lake.tables import REGISTRY, all_tables, output_tables
+
+    outputs = output_tables()
+    assert "device_anomalies" in outputs
+    assert not set(outputs) & set(REGISTRY)
+    assert all_tables() == {**REGISTRY, **outputs}
+    assert table("device_anomalies") is outputs["device_anomalies"]
 
 
 def test_a_schema_that_breaks_the_rules_is_refused():

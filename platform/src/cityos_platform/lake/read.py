@@ -1,6 +1,7 @@
 """Reading lake tables as Dask DataFrames, reading no more than the query needs.
 
-`read_table(name, start, end, columns, filters)` returns a lazy Dask DataFrame of a registered table:
+`read_table(name, start, end, columns, filters)` returns a lazy Dask DataFrame of a registered table,
+and `read_dataset` (same arguments) the same rows as a Ray Dataset, through the same reader:
 
 - partition pruning: it lists the table's folder once for its `dt=` partitions and lists files only in
   those that overlap [start, end) (UTC; a naive datetime is taken as UTC), applying each partition's
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +47,7 @@ from cityos_platform.lake.tables import TableSpec, table
 if TYPE_CHECKING:
     import dask.dataframe as dd
     import fsspec
+    import ray.data
 
 PARTITION_BYTES = 128 * 1024 * 1024
 Filters = list[tuple[str, str, Any]] | list[list[tuple[str, str, Any]]]
@@ -132,11 +135,15 @@ class _ReadFiles:
         """Dask names the graph's tasks by this: the lake, table, files, columns and filter read."""
         return self.token
 
-    def __call__(self, paths: Sequence[str]) -> pd.DataFrame:
+    def arrow(self, paths: Sequence[str]) -> pa.Table:
+        """The selected columns of the rows of `paths` that pass the filter, as an Arrow table."""
         options = ds.ParquetFragmentScanOptions(pre_buffer=self.pre_buffer)
         fmt = ds.ParquetFileFormat(default_fragment_scan_options=options)
         dataset = ds.dataset(list(paths), schema=self.schema, format=fmt, filesystem=self.fs)
-        return to_pandas(dataset.to_table(columns=self.columns, filter=self.filter, use_threads=False))
+        return dataset.to_table(columns=self.columns, filter=self.filter, use_threads=False)
+
+    def __call__(self, paths: Sequence[str]) -> pd.DataFrame:
+        return to_pandas(self.arrow(paths))
 
 
 def _check_columns(spec: TableSpec, names: Sequence[str], what: str) -> None:
@@ -180,7 +187,22 @@ def _partitions(files: list[tuple[str, int]], limit: int) -> list[list[str]]:
     return groups
 
 
-def read_table(
+@dataclass(frozen=True)
+class ReadPlan:
+    """What a query reads: the table, the columns, the partitions' file groups and their reader."""
+
+    spec: TableSpec
+    columns: list[str]
+    groups: list[list[str]]
+    reader: _ReadFiles
+    token: str
+
+    def empty(self) -> pa.Table:
+        """A table of no rows with the selected columns."""
+        return pa.schema([self.spec.schema.field(c) for c in self.columns]).empty_table()
+
+
+def plan_read(
     name: str,
     start: datetime | None = None,
     end: datetime | None = None,
@@ -188,11 +210,8 @@ def read_table(
     filters: Filters | None = None,
     *,
     lake: Lake | None = None,
-) -> dd.DataFrame:
-    """Table `name` in [start, end) as a lazy Dask DataFrame (see the module doc); `lake` defaults to the
-    settings' lake (`default_lake`)."""
-    import dask.dataframe as dd
-
+) -> ReadPlan:
+    """Check a query and find what it reads (shared by `read_table` and `read_dataset`)."""
     spec = table(name)
     lake = lake or default_lake()
     start, end = _utc(start), _utc(end)
@@ -207,19 +226,63 @@ def read_table(
     window = _window(spec, start, end)
     if window is not None:
         expression = window if expression is None else expression & window
-    meta = to_pandas(pa.schema([spec.schema.field(c) for c in selected]).empty_table())
     files = _files(spec, start, end, lake)
-    if not files:
-        empty: dd.DataFrame = dd.from_pandas(meta, npartitions=1)  # type: ignore[no-untyped-call]
-        return empty
     token = hashlib.sha256(
         repr((lake.url, spec.name, spec.version, files, selected, str(expression))).encode()
     ).hexdigest()
-    reader: Callable[[Sequence[str]], pd.DataFrame] = _ReadFiles(
-        lake.fs, spec.schema, selected, expression, pre_buffer=lake.is_s3, token=token
-    )
-    groups = _partitions(files, PARTITION_BYTES)
+    reader = _ReadFiles(lake.fs, spec.schema, selected, expression, pre_buffer=lake.is_s3, token=token)
+    return ReadPlan(spec, selected, _partitions(files, PARTITION_BYTES), reader, token)
+
+
+def read_table(
+    name: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    columns: Sequence[str] | None = None,
+    filters: Filters | None = None,
+    *,
+    lake: Lake | None = None,
+) -> dd.DataFrame:
+    """Table `name` in [start, end) as a lazy Dask DataFrame (see the module doc); `lake` defaults to the
+    settings' lake (`default_lake`)."""
+    import dask.dataframe as dd
+
+    plan = plan_read(name, start, end, columns, filters, lake=lake)
+    meta = to_pandas(plan.empty())
+    if not plan.groups:
+        empty: dd.DataFrame = dd.from_pandas(meta, npartitions=1)  # type: ignore[no-untyped-call]
+        return empty
+    reader: Callable[[Sequence[str]], pd.DataFrame] = plan.reader
     frame: dd.DataFrame = dd.from_map(  # type: ignore[no-untyped-call]
-        reader, groups, meta=meta, label=f"lake-{spec.name}", enforce_metadata=True
+        reader, plan.groups, meta=meta, label=f"lake-{plan.spec.name}", enforce_metadata=True
     )
     return frame
+
+
+def _read_arrow(reader: _ReadFiles, paths: Sequence[str]) -> pa.Table:
+    return reader.arrow(paths)
+
+
+def read_dataset(
+    name: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    columns: Sequence[str] | None = None,
+    filters: Filters | None = None,
+    *,
+    lake: Lake | None = None,
+) -> ray.data.Dataset:
+    """Table `name` in [start, end) as a Ray Dataset: the same query, checks and pushdown as
+    `read_table`, one Ray task per group of files (the same reader), Arrow blocks with the registry's
+    schema. Needs Ray connected (`ray.init(...)`) or starts a local one as Ray does; install the
+    `cityos-platform[ray]` extra."""
+    import ray
+    import ray.data
+
+    plan = plan_read(name, start, end, columns, filters, lake=lake)
+    if not plan.groups:
+        return ray.data.from_arrow(plan.empty())
+    read = ray.remote(_read_arrow)
+    reader = ray.put(plan.reader)
+    refs: list[Any] = [read.remote(reader, group) for group in plan.groups]
+    return ray.data.from_arrow_refs(refs)

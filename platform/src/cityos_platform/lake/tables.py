@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 
 import pyarrow as pa
 
@@ -332,12 +333,37 @@ TELEMETRY_TABLES: dict[str, str] = {
 }
 
 
+#: The entry point group through which installed packages add tables: each entry is a sequence of
+#: TableSpecs (the analytics jobs' outputs, `cityos_analytics.outputs:TABLES`).
+TABLES_GROUP = "cityos.lake_tables"
+
+
+@cache
+def output_tables() -> dict[str, TableSpec]:
+    """The tables installed packages declare (`TABLES_GROUP`), by name; never one of REGISTRY's names."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, TableSpec] = {}
+    for entry in sorted(entry_points(group=TABLES_GROUP), key=lambda e: e.name):
+        for spec in entry.load():
+            if spec.name in REGISTRY or spec.name in found:
+                raise ValueError(f"lake table {spec.name!r} is declared twice (entry point {entry.name})")
+            found[spec.name] = spec
+    return found
+
+
+def all_tables() -> dict[str, TableSpec]:
+    """Every table a reader may ask for: the source tables (REGISTRY) and the installed outputs."""
+    return {**REGISTRY, **output_tables()}
+
+
 def table(name: str) -> TableSpec:
-    """The registered table `name`, or KeyError listing the known ones."""
+    """The table `name` (a source table or an installed output), or KeyError listing the known ones."""
+    known = all_tables()
     try:
-        return REGISTRY[name]
+        return known[name]
     except KeyError:
-        raise KeyError(f"no lake table {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+        raise KeyError(f"no lake table {name!r}; known: {', '.join(sorted(known))}") from None
 
 
 def table_for_event(event_type: str) -> str | None:
