@@ -26,7 +26,9 @@ def deployed_services() -> list[str]:
 
 def workspace_services() -> dict[str, list[str]]:
     """Folder name -> the names its `cityos.services` entry points register, for every folder in
-    services/ that is a workspace member (has a pyproject.toml). New folders appear here by themselves."""
+    services/ that is a workspace member (has a pyproject.toml) serving gRPC. New folders appear here by
+    themselves. A member that registers no service (analytics: the `cityos analytics` command and its
+    jobs, run as RayJobs by the analytics-runner component) is not a Deployment of its own."""
     found = {}
     for folder in sorted((ROOT / "services").iterdir()):
         project = folder / "pyproject.toml"
@@ -34,7 +36,8 @@ def workspace_services() -> dict[str, list[str]]:
             continue
         metadata = tomllib.loads(project.read_text())
         entry_points = metadata["project"].get("entry-points", {}).get("cityos.services", {})
-        found[folder.name] = sorted(entry_points)
+        if entry_points:
+            found[folder.name] = sorted(entry_points)
     return found
 
 

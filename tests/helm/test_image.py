@@ -156,6 +156,15 @@ def test_the_image_installs_every_service(image_env: Path) -> None:
     )
     for folder in workspace_services():
         assert folder in result.stdout, f"services/{folder} is not installed in the image"
+    # The analytics jobs ship in the same image (the RayJob's pods run it).
+    jobs = subprocess.run(
+        [str(image_env / "bin" / "cityos"), "analytics", "jobs"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "manhole-risk" in jobs.stdout
 
 
 # ---- the chart's in-pod scripts, run for real --------------------------------------------------------
