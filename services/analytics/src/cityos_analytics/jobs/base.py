@@ -87,6 +87,27 @@ class JobContext:
 
         return read_dataset(name, self.start, self.end, columns, filters, lake=self.lake)
 
+    def ray_map(
+        self, task: Callable[..., Any], inputs: dict[str, tuple[Any, ...]], label: str
+    ) -> dict[str, Any]:
+        """Run `task(*args)` as one Ray task per key of `inputs` (each argument put in the object store
+        once), advancing the progress bar (`<label> <key>`) as each finishes; the results by key."""
+        if not inputs:
+            return {}
+        import ray
+
+        self.extend(len(inputs))
+        remote = ray.remote(task)
+        pending = {remote.remote(*(ray.put(arg) for arg in args)): key for key, args in inputs.items()}
+        results: dict[str, Any] = {}
+        waiting = list(pending)
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            for ref in done:
+                results[pending[ref]] = ray.get(ref)
+                self.advance(f"{label} {pending[ref]}")
+        return results
+
     def read_arrow(
         self, name: str, columns: Sequence[str] | None = None, filters: Filters | None = None
     ) -> pa.Table:

@@ -303,24 +303,9 @@ class DeviceAnomalies(Job):
         params: dict[str, Any],
     ) -> dict[str, dict[str, Any]]:
         """One Ray task per modelled class; advance the progress bar as each one finishes."""
-        if not modelled:
-            return {}
-        import ray
-
-        ctx.extend(len(modelled))
-        task = ray.remote(fit_class)
         types = rows.column("device_type")
-        pending = {
-            task.remote(ray.put(rows.filter(pc.equal(types, kind))), window_hours, params): kind
-            for kind in modelled
-        }
-        results: dict[str, dict[str, Any]] = {}
-        waiting = list(pending)
-        while waiting:
-            done, waiting = ray.wait(waiting, num_returns=1)
-            for ref in done:
-                results[pending[ref]] = ray.get(ref)
-                ctx.advance(f"class {pending[ref]}")
+        inputs = {kind: (rows.filter(pc.equal(types, kind)), window_hours, params) for kind in modelled}
+        results: dict[str, dict[str, Any]] = ctx.ray_map(fit_class, inputs, "class")
         return results
 
     def _report(

@@ -341,20 +341,9 @@ class ParkingForecast(Job):
 
     def _fit(self, ctx: JobContext, sites: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Fit every site as its own Ray task; advance the progress bar as each one finishes."""
-        if not sites:
-            return {}
-        import ray
-
-        ctx.extend(len(sites))
-        task = ray.remote(fit_site)
-        pending = {task.remote(ray.put(data)): site for site, data in sites.items()}
-        results: dict[str, dict[str, Any]] = {}
-        waiting = list(pending)
-        while waiting:
-            done, waiting = ray.wait(waiting, num_returns=1)
-            for ref in done:
-                results[pending[ref]] = ray.get(ref)
-                ctx.advance(f"site {pending[ref]}")
+        results: dict[str, dict[str, Any]] = ctx.ray_map(
+            fit_site, {site: (data,) for site, data in sites.items()}, "site"
+        )
         return results
 
     def _report(
