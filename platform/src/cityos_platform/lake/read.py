@@ -23,7 +23,13 @@ above. Locally each column chunk is one read; on S3 reads are pre-buffered (pyar
 under 8 KiB, so skipped columns stay unread) and the filesystem does no read-ahead of its own. Besides
 the chunks, the Parquet reader reads the last 64 KiB of each file it opens, to find the footer.
 
-Each Dask partition is a run of files of about `PARTITION_BYTES` on disk. Strings come as
+Each Dask partition is a run of files of about `PARTITION_BYTES` on disk.
+
+`aggregate_table(name, by, aggregations, start, end, filters)` is a group-by with count, sum, min, max
+and mean over the same plan, each partition (of about `AGGREGATE_PARTITION_BYTES`) aggregated by Arrow
+with the string columns read as Parquet dictionaries, Dask combining the partial results: `bench/lake.py`
+measures it within 2x of DuckDB on the same files, where `read_table` plus a pandas group-by of the
+decoded strings is about 7x. Strings come as
 `string[pyarrow]`, integers and booleans as pandas' nullable types, times as `datetime64[us, UTC]`.
 """
 
@@ -50,6 +56,9 @@ if TYPE_CHECKING:
     import ray.data
 
 PARTITION_BYTES = 128 * 1024 * 1024
+#: `aggregate_table`'s partitions are smaller: each returns only its partial aggregates, so more of them
+#: cost little and spread the work evenly over the workers (a compacted day file is one partition).
+AGGREGATE_PARTITION_BYTES = 32 * 1024 * 1024
 Filters = list[tuple[str, str, Any]] | list[list[tuple[str, str, Any]]]
 
 
@@ -210,8 +219,10 @@ def plan_read(
     filters: Filters | None = None,
     *,
     lake: Lake | None = None,
+    partition_bytes: int = PARTITION_BYTES,
 ) -> ReadPlan:
-    """Check a query and find what it reads (shared by `read_table` and `read_dataset`)."""
+    """Check a query and find what it reads (shared by `read_table`, `read_dataset` and
+    `aggregate_table`): its files in groups of about `partition_bytes`, one group per partition."""
     spec = table(name)
     lake = lake or default_lake()
     start, end = _utc(start), _utc(end)
@@ -231,7 +242,7 @@ def plan_read(
         repr((lake.url, spec.name, spec.version, files, selected, str(expression))).encode()
     ).hexdigest()
     reader = _ReadFiles(lake.fs, spec.schema, selected, expression, pre_buffer=lake.is_s3, token=token)
-    return ReadPlan(spec, selected, _partitions(files, PARTITION_BYTES), reader, token)
+    return ReadPlan(spec, selected, _partitions(files, partition_bytes), reader, token)
 
 
 def read_table(
@@ -257,6 +268,124 @@ def read_table(
         reader, plan.groups, meta=meta, label=f"lake-{plan.spec.name}", enforce_metadata=True
     )
     return frame
+
+
+#: What `aggregate_table` computes, and how each splits into per-partition parts and their combination.
+AGGREGATES: dict[str, tuple[tuple[str, ...], str]] = {
+    "count": (("count",), "sum"),
+    "sum": (("sum",), "sum"),
+    "min": (("min",), "min"),
+    "max": (("max",), "max"),
+    "mean": (("sum", "count"), "sum"),
+}
+
+
+class _AggregateFiles:
+    """One Dask partition of `aggregate_table`: its files read by Arrow with the string columns as
+    Parquet dictionaries (never decoded to Python strings), grouped and aggregated by Arrow's hash
+    group-by; only the (small) partial result becomes pandas. A picklable callable."""
+
+    def __init__(self, reader: _ReadFiles, by: list[str], parts: list[tuple[str, str]], token: str) -> None:
+        self.reader, self.by, self.parts, self.token = reader, by, parts, token
+        self.strings = [
+            f.name for f in reader.schema if f.name in reader.columns and pa.types.is_string(f.type)
+        ]
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+    def __call__(self, paths: Sequence[str]) -> pd.DataFrame:
+        reader = self.reader
+        fmt = ds.ParquetFileFormat(
+            read_options=ds.ParquetReadOptions(dictionary_columns=self.strings),
+            default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=reader.pre_buffer),
+        )
+        schema = pa.schema(
+            [
+                pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in self.strings else f
+                for f in reader.schema
+            ]
+        )
+        dataset = ds.dataset(list(paths), schema=schema, format=fmt, filesystem=reader.fs)
+        data = dataset.to_table(columns=reader.columns, filter=reader.filter, use_threads=False)
+        grouped = data.unify_dictionaries().group_by(self.by, use_threads=False).aggregate(self.parts)
+        columns = {
+            name: grouped[name].cast(pa.string()) if name in self.strings else grouped[name]
+            for name in grouped.column_names
+        }
+        return to_pandas(pa.table(columns))
+
+
+def aggregate_table(
+    name: str,
+    by: Sequence[str],
+    aggregations: dict[str, tuple[str, str]],
+    start: datetime | None = None,
+    end: datetime | None = None,
+    filters: Filters | None = None,
+    *,
+    lake: Lake | None = None,
+) -> dd.DataFrame:
+    """A group-by over table `name` in [start, end): `aggregations` maps each output column to
+    (column, function), the functions being count (non-null values), sum, min, max and mean. The query,
+    pushdown and partitions are `read_table`'s; each partition is aggregated by Arrow over its files
+    (string keys stay dictionary codes, which is what makes it several times faster than a pandas
+    group-by of the decoded strings), and Dask combines the partial results (count and sum add up, min
+    and max of the parts, mean = the sums over the counts). Returns a lazy Dask DataFrame indexed by
+    `by` (null keys are a group of their own), one column per aggregation."""
+    import dask.dataframe as dd
+
+    keys = list(dict.fromkeys(by))
+    if not keys:
+        raise ValueError("aggregate_table needs at least one column to group by")
+    for output, (_column, function) in aggregations.items():
+        if function not in AGGREGATES:
+            raise ValueError(f"{output}: unknown aggregate {function!r}; known: {', '.join(AGGREGATES)}")
+        if output in keys:
+            raise ValueError(f"{output}: an output column may not be named like a group key")
+    values = [column_name for column_name, _ in aggregations.values()]
+    plan = plan_read(
+        name, start, end, [*keys, *values], filters, lake=lake, partition_bytes=AGGREGATE_PARTITION_BYTES
+    )
+    parts = list(
+        dict.fromkeys(
+            (column_name, part) for column_name, fn in aggregations.values() for part in AGGREGATES[fn][0]
+        )
+    )
+    combine = {f"{column_name}_{part}": AGGREGATES[part][1] for column_name, part in parts}
+    partial_meta = to_pandas(
+        pa.schema(
+            [plan.spec.schema.field(k) for k in keys]
+            + [
+                pa.field(f"{c}_{part}", pa.int64() if part == "count" else plan.spec.schema.field(c).type)
+                for c, part in parts
+            ]
+        ).empty_table()
+    )
+    if plan.groups:
+        partials: dd.DataFrame = dd.from_map(  # type: ignore[no-untyped-call]
+            _AggregateFiles(plan.reader, keys, parts, plan.token + repr(parts)),
+            plan.groups,
+            meta=partial_meta,
+            label=f"lake-aggregate-{plan.spec.name}",
+            enforce_metadata=False,
+        )
+    else:
+        partials = dd.from_pandas(partial_meta, npartitions=1)  # type: ignore[no-untyped-call]
+    combined = partials.groupby(keys, sort=False, dropna=False).agg(combine)
+
+    def finish(frame: pd.DataFrame) -> pd.DataFrame:
+        out = {}
+        for output, (column_name, function) in aggregations.items():
+            if function == "mean":
+                out[output] = frame[f"{column_name}_sum"] / frame[f"{column_name}_count"].astype("float64")
+            else:
+                out[output] = frame[f"{column_name}_{function}"]
+        return pd.DataFrame(out, index=frame.index)
+
+    meta = finish(combined._meta)
+    result: dd.DataFrame = combined.map_partitions(finish, meta=meta)
+    return result
 
 
 def _read_arrow(reader: _ReadFiles, paths: Sequence[str]) -> pa.Table:
