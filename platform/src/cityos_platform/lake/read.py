@@ -405,6 +405,10 @@ def read_dataset(
     `read_table`, one Ray task per group of files (the same reader), Arrow blocks with the registry's
     schema. Needs Ray connected (`ray.init(...)`) or starts a local one as Ray does; install the
     `cityos-platform[ray]` extra."""
+    import os
+
+    # See cityos_analytics/__init__.py: Ray's `uv run` worker hook breaks workers under `uv run`.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
     import ray.data
 
