@@ -40,6 +40,21 @@ def parse_time(value: str, what: str) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """`name=value` pairs as a job's params: the value parsed as JSON (numbers, booleans, lists,
+    objects), else kept as text."""
+    params: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"{item!r} is not name=value", param_hint="--param")
+        try:
+            params[name.strip()] = json.loads(value)
+        except ValueError:
+            params[name.strip()] = value
+    return params
+
+
 def _window(start: str | None, end: str | None) -> tuple[datetime, datetime]:
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     stop = parse_time(end, "--end") if end else today
@@ -83,6 +98,10 @@ def run_command(
     ] = None,
     workers: Annotated[int | None, typer.Option(help="local workers (default: the cores, at most 8)")] = None,
     report: Annotated[Path | None, typer.Option(help="also write the HTML report here")] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="a job parameter, name=value (the value as JSON, else text); repeat for several"),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="draw a progress bar")] = True,
     kubernetes: Annotated[
         bool, typer.Option(help="run it as a KubeRay RayJob in the cluster instead")
@@ -105,6 +124,7 @@ def run_command(
         err.print(f"[red]no analytics job {job!r}; jobs: {', '.join(sorted(JOBS))}[/red]")
         raise typer.Exit(2)
     begin, stop = _window(start, end)
+    params = parse_params(param or [])
     if kubernetes:
         raise typer.Exit(
             _run_on_kubernetes(
@@ -118,6 +138,7 @@ def run_command(
                 dry_run,
                 wait,
                 dask_scheduler,
+                param or [],
             )
         )
     import grpc
@@ -179,6 +200,7 @@ def run_command(
                 services=services,
                 report_path=report,
                 on_progress=on_progress,
+                params=params,
             )
         except (ServicesUnavailable, grpc.RpcError) as error:
             details = error.details() if isinstance(error, grpc.aio.AioRpcError) else str(error)
@@ -208,6 +230,7 @@ def _run_on_kubernetes(
     dry_run: bool,
     wait: bool,
     dask_scheduler: str | None,
+    params: list[str],
 ) -> int:
     from cityos_analytics import kube
 
@@ -215,7 +238,10 @@ def _run_on_kubernetes(
         namespace=namespace,
         service_account=service_account,
         workers=workers,
-        extra_args=("--dask-scheduler", dask_scheduler) if dask_scheduler else (),
+        extra_args=(
+            *(("--dask-scheduler", dask_scheduler) if dask_scheduler else ()),
+            *(arg for item in params for arg in ("--param", item)),
+        ),
     )
     if image:
         options.image = image
