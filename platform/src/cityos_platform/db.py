@@ -14,7 +14,9 @@ transactions start with BEGIN IMMEDIATE and are serialized by the database itsel
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -63,9 +65,20 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     return create_async_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
+#: Every aiosqlite connection an engine opened, so that `Database.close()` can close in its own event
+#: loop any that the pool no longer holds (see there).
+_AIOSQLITE: weakref.WeakKeyDictionary[Any, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
+
+
 def _sqlite_pragmas(engine: AsyncEngine) -> None:
+    opened: weakref.WeakSet[Any] = weakref.WeakSet()
+    _AIOSQLITE[engine.sync_engine] = opened
+
     @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
+        raw = getattr(dbapi_connection, "_connection", None)  # SQLAlchemy's adapter -> aiosqlite.Connection
+        if raw is not None:
+            opened.add(raw)
         # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's implicit BEGIN is deferred).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -240,3 +253,9 @@ class Database:
             while checked_out() and loop.time() < deadline:  # noqa: ASYNC110 - the pool has no event to wait on
                 await asyncio.sleep(0.01)
         await self.engine.dispose()
+        # A connection SQLAlchemy let go of without closing it (one invalidated when a task was cancelled
+        # in the middle of a call) still has its aiosqlite thread: close it here, in this loop, rather
+        # than leave it to the garbage collector (see above).
+        for raw in list(_AIOSQLITE.get(self.engine.sync_engine, ())):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(raw.close(), timeout=wait_s)
