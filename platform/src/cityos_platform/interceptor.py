@@ -489,6 +489,7 @@ async def _until(responses: AsyncIterator[Any], draining: asyncio.Event) -> Asyn
     """The responses of a watch stream until the server drains; then UNAVAILABLE with a retry hint, so
     the client resumes from its cursor (on another replica, or on this one once it is back)."""
     stop = asyncio.ensure_future(draining.wait())
+    following: asyncio.Future[Any] | None = None
     try:
         while True:
             following = asyncio.ensure_future(anext(responses))
@@ -508,6 +509,13 @@ async def _until(responses: AsyncIterator[Any], draining: asyncio.Event) -> Asyn
                 return
     finally:
         stop.cancel()
+        if following is not None and not following.done():
+            # This handler was cancelled (the server stopping) while the stream awaited its next item:
+            # stop that step first, or closing the stream fails with "asynchronous generator is
+            # already running" and the call ends INTERNAL with a stack trace in the log.
+            following.cancel()
+            with contextlib.suppress(BaseException):
+                await following
         aclose = getattr(responses, "aclose", None)
         if aclose is not None:
             await aclose()
