@@ -21,6 +21,7 @@ import yaml
 
 from cityos_analytics import kube
 from cityos_analytics.jobs import JOBS
+from cityos_platform.testing.fixtures import unreachable
 
 CRD = Path(__file__).resolve().parents[3] / ".." / "shared" / "domain" / "kuberay" / "ray.io_rayjobs.yaml"
 START, END = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 8, tzinfo=UTC)
@@ -29,7 +30,9 @@ START, END = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 8, tzinfo=UTC
 @pytest.fixture(scope="module")
 def rayjob_schema() -> dict:
     if not CRD.exists():
-        pytest.fail(f"the KubeRay CRD is missing: {CRD} (../shared must be checked out beside the repo)")
+        # ../shared/domain/README.md: read the standards from there, never copy them in; a clone elsewhere
+        # has no ../shared, so this skips there (and fails under CI=true, where it must be present).
+        unreachable(f"the KubeRay CRD is missing: {CRD.resolve()} (../shared beside the repo)")
     crd = yaml.safe_load(CRD.read_text())
     (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     return v1["schema"]["openAPIV3Schema"]
