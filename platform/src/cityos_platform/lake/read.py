@@ -144,11 +144,28 @@ class _ReadFiles:
         """Dask names the graph's tasks by this: the lake, table, files, columns and filter read."""
         return self.token
 
-    def arrow(self, paths: Sequence[str]) -> pa.Table:
-        """The selected columns of the rows of `paths` that pass the filter, as an Arrow table."""
+    def string_columns(self) -> list[str]:
+        """The selected columns that hold strings."""
+        return [f.name for f in self.schema if f.name in self.columns and pa.types.is_string(f.type)]
+
+    def arrow(self, paths: Sequence[str], *, dictionaries: bool = False) -> pa.Table:
+        """The selected columns of the rows of `paths` that pass the filter, as an Arrow table; with
+        `dictionaries`, the string columns as Parquet stored them, dictionary-encoded (never decoded)."""
         options = ds.ParquetFragmentScanOptions(pre_buffer=self.pre_buffer)
-        fmt = ds.ParquetFileFormat(default_fragment_scan_options=options)
-        dataset = ds.dataset(list(paths), schema=self.schema, format=fmt, filesystem=self.fs)
+        schema = self.schema
+        if dictionaries:
+            strings = self.string_columns()
+            read = ds.ParquetReadOptions(dictionary_columns=strings)
+            fmt = ds.ParquetFileFormat(read_options=read, default_fragment_scan_options=options)
+            schema = pa.schema(
+                [
+                    pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in strings else f
+                    for f in schema
+                ]
+            )
+        else:
+            fmt = ds.ParquetFileFormat(default_fragment_scan_options=options)
+        dataset = ds.dataset(list(paths), schema=schema, format=fmt, filesystem=self.fs)
         return dataset.to_table(columns=self.columns, filter=self.filter, use_threads=False)
 
     def __call__(self, paths: Sequence[str]) -> pd.DataFrame:
@@ -287,27 +304,13 @@ class _AggregateFiles:
 
     def __init__(self, reader: _ReadFiles, by: list[str], parts: list[tuple[str, str]], token: str) -> None:
         self.reader, self.by, self.parts, self.token = reader, by, parts, token
-        self.strings = [
-            f.name for f in reader.schema if f.name in reader.columns and pa.types.is_string(f.type)
-        ]
+        self.strings = reader.string_columns()
 
     def __dask_tokenize__(self) -> str:
         return self.token
 
     def __call__(self, paths: Sequence[str]) -> pd.DataFrame:
-        reader = self.reader
-        fmt = ds.ParquetFileFormat(
-            read_options=ds.ParquetReadOptions(dictionary_columns=self.strings),
-            default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=reader.pre_buffer),
-        )
-        schema = pa.schema(
-            [
-                pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in self.strings else f
-                for f in reader.schema
-            ]
-        )
-        dataset = ds.dataset(list(paths), schema=schema, format=fmt, filesystem=reader.fs)
-        data = dataset.to_table(columns=reader.columns, filter=reader.filter, use_threads=False)
+        data = self.reader.arrow(paths, dictionaries=True)
         grouped = data.unify_dictionaries().group_by(self.by, use_threads=False).aggregate(self.parts)
         columns = {
             name: grouped[name].cast(pa.string()) if name in self.strings else grouped[name]
