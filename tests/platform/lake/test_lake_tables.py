@@ -74,8 +74,10 @@ def test_a_schema_that_breaks_the_rules_is_refused():
         )
     with pytest.raises(ValueError, match="must be a non-null timestamp"):
         dataclasses.replace(spec, schema=spec.schema.set(7, pa.field("time", pa.timestamp("ms", tz="UTC"))))
-    with pytest.raises(ValueError, match="'plate' \\(personal or key\\) is not a column"):
+    with pytest.raises(ValueError, match="'plate' \\(personal, key, public or sensitive\\) is not a column"):
         dataclasses.replace(spec, personal=("plate",))
+    with pytest.raises(ValueError, match="more than one of personal, public and sensitive"):
+        dataclasses.replace(spec, public=("subject",), sensitive=("subject",))
     v2 = dataclasses.replace(
         spec,
         version=2,
@@ -83,6 +85,22 @@ def test_a_schema_that_breaks_the_rules_is_refused():
     )
     assert v2.columns_at(1) == spec.schema.names
     assert v2.columns_at(2) == [*spec.schema.names, "firmware"]
+
+
+def test_each_column_has_one_classification_for_the_catalog():
+    events = REGISTRY["parking_events"]
+    assert events.classification("plate_pseudonym") == "personal"
+    assert events.classification("event_id") == "internal"
+    assert REGISTRY["parking_occupancy"].classification("status") == "public"
+    assert REGISTRY["manhole_alarms"].classification("cover") == "sensitive"
+    assert {spec.owner for spec in REGISTRY.values()} <= {
+        "data-office",
+        "transport",
+        "utilities",
+        "public-works",
+        "city-office",
+    }
+    assert REGISTRY["parking_occupancy"].area_column == "area_cell"
 
 
 def test_events_and_readings_are_routed_to_their_tables():

@@ -14,6 +14,11 @@ docs/lake.md describes it. Rules:
 - `personal` names the columns that hold personal data. Such data is pseudonymised before it leaves its
   service (parking's plates are keyed pseudonyms, never plates); the lake only marks where it is, so data
   sharing can drop or restrict those columns.
+- The catalog entry (the datashare service registers every table at start, docs/services/datashare.md):
+  `owner` is the organization that answers for the table and decides agreements about it; each column is
+  classified public, internal (the default), personal (`personal`) or sensitive (`sensitive`: security-
+  relevant, e.g. infrastructure weak points); `data_model` names the FIWARE Smart Data Models type its rows
+  follow where one applies; `update_frequency` and `licence` say how often it changes and under what terms.
 
 Telemetry is stored long — one row per (reading, metric) — rather than wide (a column per metric): each
 device model has its own metrics (a manhole terminal's `tilt_deg`, a lamp controller's `power_w`, …) and
@@ -27,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 import pyarrow as pa
 
@@ -63,6 +69,13 @@ class TableSpec:
     source: str
     personal: tuple[str, ...] = ()
     key: tuple[str, ...] = field(default=())
+    # The catalog entry (see the module doc).
+    owner: str = "data-office"
+    public: tuple[str, ...] = ()
+    sensitive: tuple[str, ...] = ()
+    data_model: str = ""
+    update_frequency: str = "continuous"
+    licence: str = "internal"
 
     def __post_init__(self) -> None:
         names = self.schema.names
@@ -75,9 +88,12 @@ class TableSpec:
             time = self.schema.field(self.time_column)
             if time.type != TIME or time.nullable:
                 problems.append(f"time column {self.time_column!r} must be a non-null timestamp[us, tz=UTC]")
-        for name in (*self.personal, *self.key):
+        for name in (*self.personal, *self.key, *self.public, *self.sensitive):
             if name not in names:
-                problems.append(f"{name!r} (personal or key) is not a column")
+                problems.append(f"{name!r} (personal, key, public or sensitive) is not a column")
+        classified = [*self.personal, *self.public, *self.sensitive]
+        if len(set(classified)) != len(classified):
+            problems.append("a column is in more than one of personal, public and sensitive")
         for f in self.schema:
             since = column_since(f)
             if since > self.version:
@@ -86,6 +102,19 @@ class TableSpec:
                 problems.append(f"{f.name!r} was added in version {since} and so must be nullable")
         if problems:
             raise ValueError(f"table {self.name}: " + "; ".join(problems))
+
+    def classification(self, column: str) -> str:
+        """`public`, `internal`, `personal` or `sensitive`."""
+        if column in self.personal:
+            return "personal"
+        if column in self.sensitive:
+            return "sensitive"
+        return "public" if column in self.public else "internal"
+
+    @property
+    def area_column(self) -> str:
+        """The column holding the row's H3 cell (area scopes cut on it), "" when none."""
+        return "area_cell" if "area_cell" in self.schema.names else ""
 
     def columns_at(self, version: int) -> list[str]:
         """The columns the table had at `version`."""
@@ -158,6 +187,7 @@ def _spec(
     key: tuple[str, ...],
     personal: tuple[str, ...] = (),
     version: int = 1,
+    **catalog: Any,
 ) -> TableSpec:
     return TableSpec(
         name=name,
@@ -168,6 +198,7 @@ def _spec(
         source=source,
         personal=personal,
         key=key,
+        **catalog,
     )
 
 
@@ -178,6 +209,7 @@ _SPECS = [
         "Every device's readings. " + _TELEMETRY_MAPPING,
         "devices: TelemetryService/SubscribeTelemetry (all device types)",
         key=("device_id", "sequence", "metric"),
+        public=("device_type", "metric", "time"),
     ),
     _spec(
         "device_events",
@@ -210,6 +242,7 @@ _SPECS = [
         + _EVENT_MAPPING,
         "parking: EventService/StreamEvents (type `parking.*`)",
         key=("event_id",),
+        owner="transport",
         personal=("plate_pseudonym", "payload"),
     ),
     _spec(
@@ -242,6 +275,9 @@ _SPECS = [
         "occupancy at any time is the last status of each of its spots before then. Key: event_id.",
         "parking: EventService/StreamEvents (type `parking.spot.*`), derived by the exporter",
         key=("event_id",),
+        owner="transport",
+        public=("site", "spot", "group", "status", "previous_status", "area_cell", "time"),
+        data_model="ParkingSpot",
     ),
     _spec(
         "manhole_readings",
@@ -250,6 +286,7 @@ _SPECS = [
         "level, gases, smoke, battery, …), the same shape as device_telemetry. " + _TELEMETRY_MAPPING,
         "devices: TelemetryService/SubscribeTelemetry (type `manhole.terminal`)",
         key=("device_id", "sequence", "metric"),
+        owner="utilities",
     ),
     _spec(
         "manhole_alarms",
@@ -268,6 +305,8 @@ _SPECS = [
         "an alarm (a user), hence personal. " + _EVENT_MAPPING,
         "manholes: EventService/StreamEvents (type `manholes.alarm.*`)",
         key=("event_id",),
+        owner="utilities",
+        sensitive=("cover",),
         personal=("payload",),
     ),
     _spec(
@@ -279,6 +318,8 @@ _SPECS = [
         "devices: TelemetryService/SubscribeTelemetry "
         "(types `streetlight.controller`, `streetlight.cabinet`)",
         key=("device_id", "sequence", "metric"),
+        owner="public-works",
+        public=("device_type", "metric", "value", "time"),
     ),
     _spec(
         "streetlight_energy",
@@ -303,6 +344,11 @@ _SPECS = [
         "energy_wh). Key: (light, time).",
         "derived by the exporter from streetlight_readings (`energy_wh`, `power_w`, power state)",
         key=("light", "time"),
+        owner="public-works",
+        public=("group", "area_cell", "time", "energy_wh", "full_power_wh", "burning_s"),
+        data_model="Streetlight",
+        update_frequency="hourly",
+        licence="CC-BY-4.0",
     ),
     _spec(
         "audit_events",
@@ -312,6 +358,8 @@ _SPECS = [
         "(user names, e-mail addresses), hence personal. " + _EVENT_MAPPING,
         "identity: EventService/StreamEvents (type `identity.*`)",
         key=("event_id",),
+        owner="city-office",
+        update_frequency="on change",
         personal=("subject", "payload"),
     ),
 ]

@@ -117,6 +117,8 @@ ANOMALIES = TableSpec(
     ),
     source="analytics: job device-anomalies",
     key=("run_id", "device_type", "device_id"),
+    owner="data-office",
+    update_frequency="per job run",
 )
 
 

@@ -153,6 +153,9 @@ RISK_SCORES = TableSpec(
     "risk score the manholes service orders covers by (see the job's doc).",
     source="analytics: job manhole-risk",
     key=("run_id", "cover"),
+    owner="utilities",
+    sensitive=("cover", "score"),
+    update_frequency="per job run",
 )
 COUNTS = (
     "readings",

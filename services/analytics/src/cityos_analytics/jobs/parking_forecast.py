@@ -91,6 +91,10 @@ PROFILE = TableSpec(
     ),
     source="analytics: job parking-forecast",
     key=("run_id", "site", "day_type", "hour"),
+    owner="transport",
+    public=("site", "day_type", "hour", "mean_rate", "std_rate", "hours", "time"),
+    update_frequency="per job run",
+    licence="CC-BY-4.0",
 )
 
 FORECAST = TableSpec(
@@ -122,6 +126,10 @@ FORECAST = TableSpec(
     ),
     source="analytics: job parking-forecast",
     key=("run_id", "site", "time"),
+    owner="transport",
+    public=("site", "time", "rate", "lower", "upper", "basis", "hours"),
+    update_frequency="per job run",
+    licence="CC-BY-4.0",
 )
 
 

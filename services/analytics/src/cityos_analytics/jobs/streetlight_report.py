@@ -187,6 +187,8 @@ LIGHT_REPORT = TableSpec(
     "dimming savings and fault-flag readings, from its controller's readings (see the job's doc).",
     source="analytics: job streetlight-report",
     key=("run_id", "device_id"),
+    owner="public-works",
+    update_frequency="per job run",
 )
 CABINET_REPORT = TableSpec(
     name="streetlight_cabinet_report",
@@ -215,6 +217,8 @@ CABINET_REPORT = TableSpec(
     "meter, door and breakers.",
     source="analytics: job streetlight-report",
     key=("run_id", "cabinet"),
+    owner="public-works",
+    update_frequency="per job run",
 )
 DISTRICT_REPORT = TableSpec(
     name="streetlight_district_report",
@@ -235,6 +239,8 @@ DISTRICT_REPORT = TableSpec(
     description="Per named district and window: its lights' energy, savings and faults.",
     source="analytics: job streetlight-report",
     key=("run_id", "district"),
+    owner="public-works",
+    update_frequency="per job run",
 )
 
 
