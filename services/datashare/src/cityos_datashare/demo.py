@@ -1,0 +1,117 @@
+"""The embedded city's data sharing, seeded through the API when `cityos dev` starts (the
+`cityos.simulators` entry point), with the simulator's city-admin token (a city-wide role acts for
+the owners):
+
+- open data: parking status changes (`parking_occupancy`: site, status, time) and hourly streetlight
+  energy per district cell (groups of at least 5 rows);
+- an agreement of the city office for a Rongdong parking dashboard, asked for and approved on narrower
+  terms (its last 90 days, only the columns it needs).
+
+Every step is idempotent (a fixed request id, approvals of an already approved agreement return it), so
+a restart of the city seeds nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from cityos.datashare.v1 import datashare_pb2 as pb
+from cityos.datashare.v1 import datashare_pb2_grpc
+
+log = logging.getLogger(__name__)
+DASHBOARD_REQUEST = "demo-rongdong-parking-dashboard"
+
+
+def _stamp(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+async def seed(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> pb.Agreement:
+    catalog = datashare_pb2_grpc.CatalogServiceStub(channel)
+    agreements = datashare_pb2_grpc.AgreementServiceStub(channel)
+    await catalog.PublishOpenData(
+        pb.PublishOpenDataRequest(
+            name="datasets/parking_occupancy",
+            publication=pb.OpenDataPublication(columns=["site", "status", "time"]),
+        ),
+        metadata=metadata,
+        timeout=10,
+    )
+    await catalog.PublishOpenData(
+        pb.PublishOpenDataRequest(
+            name="datasets/streetlight_energy",
+            publication=pb.OpenDataPublication(
+                columns=["area_cell", "energy_wh", "full_power_wh"],
+                group_by=["area_cell"],
+                aggregates=[
+                    pb.Aggregate(function=pb.AGGREGATE_FUNCTION_SUM, column="energy_wh"),
+                    pb.Aggregate(function=pb.AGGREGATE_FUNCTION_SUM, column="full_power_wh"),
+                ],
+                min_group_size=5,
+            ),
+        ),
+        metadata=metadata,
+        timeout=10,
+    )
+    now = datetime.now(UTC).replace(microsecond=0)
+    expiry = now + timedelta(days=365)
+    agreement = await agreements.RequestAgreement(
+        pb.RequestAgreementRequest(
+            agreement=pb.Agreement(
+                dataset="datasets/parking_occupancy",
+                purpose="Rongdong parking dashboard of the city office (occupancy by site and hour)",
+                requested_terms=pb.Terms(
+                    columns=["site", "spot", "status", "time", "area_cell"],
+                    areas=["rongdong"],
+                    expire_time=_stamp(expiry),
+                ),
+            ),
+            request_id=DASHBOARD_REQUEST,
+        ),
+        metadata=metadata,
+        timeout=10,
+    )
+    # A repeated request replays its first answer: read where the agreement stands now.
+    agreement = await agreements.GetAgreement(
+        pb.GetAgreementRequest(name=agreement.name), metadata=metadata, timeout=10
+    )
+    if agreement.state == pb.AGREEMENT_STATE_REQUESTED:
+        agreement = await agreements.ApproveAgreement(
+            pb.ApproveAgreementRequest(
+                name=agreement.name,
+                terms=pb.Terms(
+                    columns=["site", "status", "time", "area_cell"],
+                    areas=["rongdong"],
+                    window_start=_stamp(now - timedelta(days=90)),
+                    expire_time=_stamp(expiry),
+                ),
+                reason="approved for the dashboard; spot-level ids are not needed for it",
+            ),
+            metadata=metadata,
+            timeout=10,
+        )
+    result: pb.Agreement = agreement
+    return result
+
+
+async def run_embedded(endpoints: dict[str, str], token: str, var_dir: Path, speedup: float) -> None:
+    """The `cityos.simulators` entry point: open data and a demo agreement once the city is up."""
+    if "datashare" not in endpoints:
+        return
+    async with grpc.aio.insecure_channel(endpoints["datashare"]) as channel:
+        agreement = await seed(channel, (("authorization", f"Bearer {token}"),))
+    url_file = var_dir / "datashare-http-url"
+    where = url_file.read_text() if url_file.exists() else "(see the datashare log)"
+    log.info(
+        "datashare: open data published; %s is %s; NGSI-LD at %s/ngsi-ld/v1/entities",
+        agreement.name,
+        pb.AgreementState.Name(agreement.state),
+        where,
+    )

@@ -1,0 +1,3 @@
+from cityos_platform.migrate import run_env
+
+run_env()
