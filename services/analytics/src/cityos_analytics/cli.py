@@ -145,7 +145,7 @@ def run_command(
 
     from cityos_analytics.engines import Engines, default_workers
     from cityos_analytics.runner import run_job
-    from cityos_analytics.services import Services, ServicesUnavailable
+    from cityos_analytics.services import ENDPOINTS_FILE, Services, ServicesUnavailable
     from cityos_platform.config import ConfigError, load_settings
     from cityos_platform.lake.read import default_lake
     from cityos_platform.logs import configure_logging
@@ -159,12 +159,17 @@ def run_command(
     logging.getLogger("distributed").setLevel(logging.WARNING)
     definition = job_named(job)
     services = None
-    if definition.calls:
+    # Jobs that call services need them; every run registers its outputs in the datashare catalog when
+    # the city's addresses are known (cityos_analytics.catalog).
+    city_known = bool(settings.endpoints) or (settings.var_dir / ENDPOINTS_FILE).exists()
+    if definition.calls or city_known:
         try:
             services = Services.from_settings(settings)
         except ServicesUnavailable as error:
-            err.print(f"[red]{error}[/red]")
-            raise typer.Exit(2) from None
+            if definition.calls:
+                err.print(f"[red]{error}[/red]")
+                raise typer.Exit(2) from None
+    if definition.calls and services is not None:
         missing = [name for name in definition.calls if name not in services.endpoints]
         if missing:
             # e.g. the embedded city is not running: the job runs on what the lake holds alone

@@ -9,7 +9,9 @@
    running the same window again rewrites the same files with the new rows — never a second copy;
 4. the report goes to `<lake>/reports/<job>/<run_id>.html` (and to `report_path` when given);
 5. `job.publish(ctx, output)` hands results to a service (the manhole risk job's scores); without
-   `services` (an offline run, a test of the computation) that step is skipped and the result says so.
+   `services` (an offline run, a test of the computation) that step is skipped and the result says so;
+6. with `services` that reach datashare, the outputs written are registered in its catalog with the
+   time of their data (`cityos_analytics.catalog`; `published["catalog"]`).
 
 Progress: `on_progress(total, done, step)` is called as steps complete (the CLI draws a rich bar).
 """
@@ -25,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cityos_analytics.catalog import DATASHARE, register_outputs
 from cityos_analytics.engines import Engines
 from cityos_analytics.jobs import JOBS, job_named
 from cityos_analytics.jobs.base import Job, JobContext, run_id
@@ -133,6 +136,9 @@ def run_job(
             published = {"skipped": "no services given: the results stay in the lake"}
         else:
             published = asyncio.run(job.publish(ctx, output))
+    if services is not None and DATASHARE in services.endpoints:
+        written = [declared[table_name] for table_name, paths in files.items() if paths]
+        published["catalog"] = asyncio.run(register_outputs(services, written, ctx.now))
     advance("done")
     result = RunResult(
         job=job.name,
