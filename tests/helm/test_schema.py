@@ -53,6 +53,7 @@ def test_accepts_the_default_and_scenario_values(scenario: helm_check.Scenario) 
         {"tests": {"enable": True}},
         {"networkPolicy": {"ingressFrom": [{"namespaceSelecter": {}}]}},
         {"defaults": {"tolerations": [{"key": "a", "efect": "NoSchedule"}]}},
+        {"services": {"datashare": {"generatedSecrets": [{"name": "CITYOS_X", "generat": "ed25519"}]}}},
     ],
     ids=lambda values: str(values),
 )
@@ -74,6 +75,10 @@ def test_rejects_a_misspelled_key(values: dict[str, Any]) -> None:
         {"image": {"digest": "latest"}},
         {"database": {"waitTimeoutSeconds": 0}},
         {"postgresql": {"enabled": "true"}},
+        {"services": {"datashare": {"httpPort": "http"}}},
+        {"services": {"datashare": {"httpPort": 70000}}},
+        {"services": {"datashare": {"generatedSecrets": [{"name": "CITYOS_X", "generate": "rsa"}]}}},
+        {"services": {"datashare": {"generatedSecrets": ["cityos_lowercase"]}}},
     ],
     ids=lambda values: str(values),
 )

@@ -4,6 +4,7 @@ the workload of the kind its entry names."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -196,8 +197,11 @@ def test_network_policies_deny_by_default_and_allow_the_named_flows(scenario: he
         for rule, flow in zip(egress[1:], flows, strict=True):
             assert rule["ports"] == merged_destinations[flow]["ports"]
         ports = [port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]]
+        http = [entry["httpPort"]] if entry.get("httpPort") else []  # datashare's NGSI-LD API
         jwks = [8090] if name == "identity" else []  # the identity service's JWKS, for API-key tokens
-        assert ports == [50051, *jwks], "callers reach the gRPC port only (and identity's JWKS)"
+        assert ports == [50051, *http, *jwks], (
+            "callers reach gRPC (and the entry's httpPort, identity's JWKS)"
+        )
         if jwks:  # only the release's own pods fetch it (the gRPC rule's first peer, the release selector)
             assert policy["spec"]["ingress"][1]["from"] == [policy["spec"]["ingress"][0]["from"][0]]
 
@@ -250,7 +254,13 @@ def test_every_workload_knows_where_the_others_answer_and_signs_in_as_its_own_cl
 def test_parking_replicas_share_one_generated_plate_pseudonym_key() -> None:
     objects = rendered(SCENARIOS[0])
     (secret,) = [s for s in objects.of_kind("Secret") if s["metadata"]["name"].endswith("-generated")]
-    assert list(secret["data"]) == ["parking.CITYOS_PARKING_PLATE_PSEUDONYM_KEY"]
+    assert sorted(secret["data"]) == [
+        "datashare.CITYOS_DATASHARE_RECEIPT_SIGNING_KEY",
+        "parking.CITYOS_PARKING_PLATE_PSEUDONYM_KEY",
+    ]
+    plain = base64.b64decode(secret["data"]["parking.CITYOS_PARKING_PLATE_PSEUDONYM_KEY"]).decode()
+    assert len(plain) == 48
+    assert plain.isalnum()
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     parking = next(w for w in objects.of_kind("Deployment") if component(w) == "parking")
     env = parking["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -259,3 +269,144 @@ def test_parking_replicas_share_one_generated_plate_pseudonym_key() -> None:
         "name": secret["metadata"]["name"],
         "key": "parking.CITYOS_PARKING_PLATE_PSEUDONYM_KEY",
     }
+
+
+# ---- datashare: a second (HTTP) port, a generated Ed25519 key, the lake -----------------------------
+
+
+def container_of(objects: helm_check.Rendered, name: str) -> dict[str, Any]:
+    workload = next(w for w in objects.of_kind("Deployment", "StatefulSet") if component(w) == name)
+    container: dict[str, Any] = workload["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    names = [item["name"] for item in container["env"]]
+    assert len(names) == len(set(names)), f"a variable set twice: {names}"
+    return {item["name"]: item for item in container["env"]}
+
+
+@pytest.mark.req("HLM-2")
+def test_an_entry_with_an_http_port_listens_on_it_behind_its_service_and_policy() -> None:
+    """datashare's httpPort (its NGSI-LD API and extract downloads): a container port and a Service port
+    named `http`, allowed by the NetworkPolicy rule that admits gRPC (same callers), and the service's
+    own CITYOS_DATASHARE_HTTP_HOST/_PORT, so it listens on every interface at that port."""
+    objects = rendered(SCENARIOS[0])
+    http_port = chart_values()["services"]["datashare"]["httpPort"]
+    assert http_port == 50076
+    container = container_of(objects, "datashare")
+    assert {"name": "http", "containerPort": http_port, "protocol": "TCP"} in container["ports"]
+    env = env_of(container)
+    assert env["CITYOS_DATASHARE_HTTP_HOST"]["value"] == "0.0.0.0"
+    assert env["CITYOS_DATASHARE_HTTP_PORT"]["value"] == str(http_port)
+    service = objects.named("Service", "cityos-datashare")
+    assert [p["name"] for p in service["spec"]["ports"]] == ["grpc", "http"]
+    http = service["spec"]["ports"][1]
+    assert (http["port"], http["targetPort"], http["appProtocol"]) == (http_port, "http", "http")
+    (rule,) = objects.named("NetworkPolicy", "cityos-datashare")["spec"]["ingress"]
+    assert [port["port"] for port in rule["ports"]] == [50051, http_port]
+    # Without httpPort: no such port or variable (devices).
+    devices = container_of(objects, "devices")
+    assert [port["name"] for port in devices["ports"]] == ["grpc"]
+    assert not [name for name in env_of(devices) if name.endswith("_HTTP_PORT")]
+    assert [p["name"] for p in objects.named("Service", "cityos-devices")["spec"]["ports"]] == ["grpc"]
+
+
+@pytest.mark.req("HLM-2")
+def test_http_port_is_general_and_refuses_a_port_already_taken() -> None:
+    objects = helm_check.render_objects(
+        {"services": {"mqtt-adapter": {"enabled": True, "httpPort": 8088}, "devices": {"httpPort": 8081}}}
+    )
+    assert list(helm_check.validation_errors(objects)) == []
+    assert env_of(container_of(objects, "mqtt-adapter"))["CITYOS_MQTT_ADAPTER_HTTP_PORT"]["value"] == "8088"
+    assert env_of(container_of(objects, "devices"))["CITYOS_DEVICES_HTTP_PORT"]["value"] == "8081"
+    for name, taken in (("datashare", 50051), ("identity", 8090)):
+        with pytest.raises(Exception, match="httpPort"):
+            helm_check.render_objects({"services": {name: {"httpPort": taken}}})
+
+
+def datashare_key(objects: helm_check.Rendered) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The generated Secret and the signing key variable of the datashare container."""
+    (secret,) = [s for s in objects.of_kind("Secret") if s["metadata"]["name"].endswith("-generated")]
+    return secret, env_of(container_of(objects, "datashare"))["CITYOS_DATASHARE_RECEIPT_SIGNING_KEY"]
+
+
+@pytest.mark.req("HLM-2")
+def test_datashare_replicas_share_one_generated_ed25519_receipt_key() -> None:
+    """The chart generates the receipt signing key once (kept by lookup across upgrades and by
+    resource-policy keep across uninstalls) as an Ed25519 private key in PEM PKCS#8 — what
+    cryptography's load_pem_private_key, as the service uses it, reads — and every replica reads it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    objects = rendered(SCENARIOS[0])
+    secret, variable = datashare_key(objects)
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    key = "datashare.CITYOS_DATASHARE_RECEIPT_SIGNING_KEY"
+    assert variable["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": key}
+    pem = base64.b64decode(secret["data"][key])
+    assert pem.startswith(b"-----BEGIN PRIVATE KEY-----\n")
+    private = serialization.load_pem_private_key(pem, None)
+    assert isinstance(private, Ed25519PrivateKey)
+    signature = private.sign(b"receipt")
+    private.public_key().verify(signature, b"receipt")
+    # A fresh install draws a fresh key (it is generated, not a constant of the chart).
+    again, _ = datashare_key(helm_check.render_objects({}))
+    assert again["data"][key] != secret["data"][key]
+
+
+@pytest.mark.req("HLM-2")
+def test_a_secret_env_variable_replaces_the_generated_key() -> None:
+    """production-values.yaml supplies the receipt key from its own Secret: the variable is set once, from
+    that Secret, and the chart generates no datashare key."""
+    objects = rendered(scenario_named("production-values.yaml"))
+    secret, variable = datashare_key(objects)
+    assert variable["valueFrom"]["secretKeyRef"] == {
+        "name": "cityos-datashare-receipts",
+        "key": "signing-key.pem",
+    }
+    assert list(secret["data"]) == ["parking.CITYOS_PARKING_PLATE_PSEUDONYM_KEY"]
+    objects = helm_check.render_objects(
+        {
+            "services": {
+                "parking": {"enabled": False},
+                "datashare": {
+                    "secretEnv": [
+                        {"name": "CITYOS_DATASHARE_RECEIPT_SIGNING_KEY", "secretName": "mine", "key": "pem"}
+                    ]
+                },
+            }
+        }
+    )
+    assert [s for s in objects.of_kind("Secret") if s["metadata"]["name"].endswith("-generated")] == []
+
+
+@pytest.mark.req("HLM-2")
+def test_datashare_reaches_the_lake_with_its_settings_and_keys() -> None:
+    """datashare reads the lake and writes extracts to the object store: egress to it, the shared
+    CITYOS_LAKE_URL/_S3_ENDPOINT/_S3_REGION, and the access keys from objectStore.existingSecret — as the
+    exporter gets them; a workload that does not reach the object store (parking) gets no keys."""
+    scenario = scenario_named("production-values.yaml")
+    objects = rendered(scenario)
+    store = scenario.values()["objectStore"]
+    config = objects.named("ConfigMap", "cityos-config")["data"]
+    assert config["CITYOS_LAKE_URL"] == f"s3://{store['bucket']}"
+    assert config["CITYOS_LAKE_S3_ENDPOINT"] == store["endpoint"]
+    assert config["CITYOS_LAKE_S3_REGION"] == store["region"]
+    env = env_of(container_of(objects, "datashare"))
+    for variable, key in (
+        ("CITYOS_LAKE_S3_ACCESS_KEY", "access-key"),
+        ("CITYOS_LAKE_S3_SECRET_KEY", "secret-key"),
+    ):
+        assert env[variable]["valueFrom"]["secretKeyRef"] == {"name": store["existingSecret"], "key": key}
+    assert "CITYOS_LAKE_S3_ACCESS_KEY" not in env_of(container_of(objects, "parking"))
+    egress = objects.named("NetworkPolicy", "cityos-datashare")["spec"]["egress"]
+    object_store = scenario.values()["networkPolicy"]["destinations"]["objectStore"]
+    assert {"ports": object_store["ports"], "to": object_store["to"]} in egress
+    # Its live views call parking and streetlights over gRPC: the egress to the release's pods.
+    release = egress[0]
+    assert {"port": 50051, "protocol": "TCP"} in release["ports"]
+    assert release["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "cityos"
+    endpoints = json.loads(config["CITYOS_ENDPOINTS"])
+    assert endpoints["parking"] == "cityos-parking:50051"
+    assert endpoints["streetlights"] == "cityos-streetlights:50051"

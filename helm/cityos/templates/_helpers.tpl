@@ -214,3 +214,36 @@ The identity service's issuer URL for the API-key tokens it signs ("" when ident
 {{- printf "http://%s:%d/realms/cityos-api-keys" (include "cityos.workloadName" (dict "root" . "name" "identity")) (int .Values.identityJwksPort) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The generated keys of one workload, as JSON: [{"variable", "generate", "key"}], key = "<workload>.<variable>"
+in the Secret <release>-cityos-generated. An item of `generatedSecrets` is a variable name (48 random
+letters and digits) or {name, generate: random | ed25519}. A variable the entry's `secretEnv` also names
+comes from that Secret instead: it is neither generated nor set from the generated Secret.
+Context: dict "name" <workload> "spec" <merged entry>.
+*/}}
+{{- define "cityos.generatedKeys" -}}
+{{- $name := .name -}}
+{{- $overridden := list -}}
+{{- range .spec.secretEnv -}}
+{{- $overridden = append $overridden .name -}}
+{{- end -}}
+{{- $out := list -}}
+{{- range $item := .spec.generatedSecrets -}}
+{{- $variable := $item -}}
+{{- $generate := "random" -}}
+{{- if kindIs "map" $item -}}
+{{- $variable = $item.name -}}
+{{- $generate = default "random" $item.generate -}}
+{{- end -}}
+{{- if not (has $variable $overridden) -}}
+{{- $out = append $out (dict "variable" $variable "generate" $generate "key" (printf "%s.%s" $name $variable)) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* The prefix of a workload's own settings: CITYOS_<NAME>_ (mqtt-adapter: CITYOS_MQTT_ADAPTER_). */}}
+{{- define "cityos.settingsPrefix" -}}
+{{- printf "CITYOS_%s_" (. | upper | replace "-" "_") -}}
+{{- end -}}
