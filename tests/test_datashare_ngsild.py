@@ -12,7 +12,7 @@ import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +58,11 @@ from cityos_platform.testing.ngsild import SmartDataModels, normalized_problems
 from cityos_streetlights.app import StreetlightsApp
 
 CHAIN = service_chain("cityos_datashare", Base.metadata)
-HERE = Path(__file__).parent
-SHARED = HERE.parents[2] / ".." / "shared" / "domain" / "smart-data-models"
+ROOT = Path(__file__).parents[1]
+SHARED = ROOT / ".." / "shared" / "domain" / "smart-data-models"
 VENDORED = (
-    HERE.parents[1] / "parking" / "tests" / "smart-data-models",
-    HERE.parents[1] / "streetlights" / "tests" / "smart-data-models",
+    ROOT / "services" / "parking" / "tests" / "smart-data-models",
+    ROOT / "services" / "streetlights" / "tests" / "smart-data-models",
 )
 MODELS = [SmartDataModels(SHARED)] if SHARED.is_dir() else [SmartDataModels(path) for path in VENDORED]
 
@@ -259,6 +259,11 @@ async def _streetlights(channel: grpc.aio.Channel, operator: Any) -> None:
 
 
 Started = Callable[..., Awaitable[City]]
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(datetime.now(UTC).replace(microsecond=0))
 
 
 @pytest.fixture
