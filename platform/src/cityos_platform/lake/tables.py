@@ -111,6 +111,20 @@ class TableSpec:
             return "sensitive"
         return "public" if column in self.public else "internal"
 
+    def catalog_fields(self) -> list[dict[str, object]]:
+        """The columns as the catalog lists them: name, Arrow type, document, classification, nullable
+        (the datashare service registers them at start, the analytics runner after a run)."""
+        return [
+            {
+                "name": f.name,
+                "type": str(f.type),
+                "description": column_doc(f),
+                "classification": self.classification(f.name),
+                "nullable": f.nullable,
+            }
+            for f in self.schema
+        ]
+
     @property
     def area_column(self) -> str:
         """The column holding the row's H3 cell (area scopes cut on it), "" when none."""

@@ -20,7 +20,7 @@ import grpc
 from cityos.datashare.v1 import datashare_pb2 as pb
 from cityos.datashare.v1 import datashare_pb2_grpc
 from cityos_analytics.services import Services
-from cityos_platform.lake.tables import TableSpec, column_doc
+from cityos_platform.lake.tables import TableSpec
 
 log = logging.getLogger(__name__)
 DATASHARE = "datashare"
@@ -43,13 +43,13 @@ def dataset_of(spec: TableSpec, data_time: datetime) -> pb.Dataset:
         source=spec.source,
         fields=[
             pb.DatasetField(
-                name=f.name,
-                type=str(f.type),
-                description=column_doc(f),
-                classification=CLASSIFICATION[spec.classification(f.name)],
-                nullable=f.nullable,
+                name=str(entry["name"]),
+                type=str(entry["type"]),
+                description=str(entry["description"]),
+                classification=CLASSIFICATION[str(entry["classification"])],
+                nullable=bool(entry["nullable"]),
             )
-            for f in spec.schema
+            for entry in spec.catalog_fields()
         ],
         data_model=spec.data_model,
         update_frequency=spec.update_frequency,

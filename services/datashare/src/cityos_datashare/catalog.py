@@ -78,8 +78,6 @@ def _etag(values: dict[str, Any]) -> str:
 
 
 def table_entry(spec: TableSpec) -> dict[str, Any]:
-    from cityos_platform.lake.tables import column_doc
-
     return {
         "dataset_id": spec.name,
         "display_name": spec.name.replace("_", " ").capitalize(),
@@ -87,16 +85,7 @@ def table_entry(spec: TableSpec) -> dict[str, Any]:
         "kind": pb.DATASET_KIND_LAKE_TABLE,
         "owner_organization": spec.owner,
         "source": spec.source,
-        "fields": [
-            {
-                "name": f.name,
-                "type": str(f.type),
-                "description": column_doc(f),
-                "classification": spec.classification(f.name),
-                "nullable": f.nullable,
-            }
-            for f in spec.schema
-        ],
+        "fields": spec.catalog_fields(),
         "data_model": spec.data_model,
         "update_frequency": spec.update_frequency,
         "licence": spec.licence,
