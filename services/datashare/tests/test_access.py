@@ -8,13 +8,11 @@ import asyncio
 from datetime import timedelta
 
 import grpc
-import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from cityos.datashare.v1 import datashare_pb2 as pb
-from cityos_datashare.testing import DAY, RONGDONG, Share, running_share, stamp
-from cityos_platform.lake import Lake, table, write_rows
+from cityos_datashare.testing import DAY, LONG_ROWS, RONGDONG, Share, long_lake, running_share, stamp
 from cityos_platform.testing.status import error_info
 
 pytestmark = pytest.mark.req("DSH-2")
@@ -96,30 +94,13 @@ async def test_groups_below_the_floor_are_suppressed_and_personal_columns_never_
     assert last.receipt.row_count == 1
 
 
-ROWS = 100_000
+ROWS = LONG_ROWS
 
 
 @pytest.fixture
 async def long_read(start_server, dev_issuer, mint, tmp_path, clock, database_url):  # type: ignore[no-untyped-def]
-    """A datashare over 100,000 status changes of about 250 bytes each (25 MB, far more than HTTP/2 lets
-    a server send ahead of its reader), streamed 1,000 rows per message."""
-    lake = Lake.local(tmp_path / "big-lake")
-    spec = table("parking_occupancy")
-    n = pa.array(range(ROWS))
-    rows = {
-        "event_id": pc.cast(n, pa.string()),
-        "site": pa.array(["sites/r1"] * ROWS),
-        "spot": pa.array(["spots/r1-0"] * ROWS),
-        "group": pa.nulls(ROWS, pa.string()),
-        "status": pa.array(["OCCUPIED"] * ROWS),
-        "previous_status": pa.nulls(ROWS, pa.string()),
-        "previous_duration_s": pa.nulls(ROWS, pa.float64()),
-        "change_source": pc.binary_join_element_wise(pc.cast(n, pa.string()), "x" * 240, ""),
-        "owner_organization": pa.array(["transport"] * ROWS),
-        "area_cell": pa.nulls(ROWS, pa.string()),
-        "time": pa.array([DAY + timedelta(seconds=k) for k in range(ROWS)], pa.timestamp("us", tz="UTC")),
-    }
-    write_rows(lake, spec, pa.table(rows), "big")
+    """A datashare over `long_lake`, streaming 1,000 rows per message."""
+    lake = long_lake(tmp_path / "long-lake")
     app, server, channel = await running_share(
         start_server, dev_issuer, mint, tmp_path, clock, database_url, lake, batch_rows=1000
     )

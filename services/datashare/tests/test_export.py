@@ -9,11 +9,13 @@ what the URL says (`X-Amz-Expires`, `X-Amz-Date`) and that the signature over it
 
 from __future__ import annotations
 
+import asyncio
 import io
 from datetime import UTC, datetime, timedelta
 from unittest import mock
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+import grpc
 import httpx
 import pyarrow.parquet as pq
 import pytest
@@ -22,8 +24,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from cityos.datashare.v1 import datashare_pb2 as pb
-from cityos_datashare.testing import Share, fill, running_share
+from cityos_datashare.testing import LONG_ROWS, Share, fill, long_lake, running_share
 from cityos_platform.lake import Lake
+from cityos_platform.testing.status import error_info
 
 pytestmark = pytest.mark.req("DSH-5")
 
@@ -112,3 +115,57 @@ async def test_the_embedded_link_is_signed_expires_and_dies_with_the_agreement(s
             pb.RevokeAgreementRequest(name=agreement.name, reason="done"), metadata=share.owner
         )
         assert (await client.get(export.url)).status_code == 404
+
+
+@pytest.fixture
+async def long_export(start_server, dev_issuer, mint, tmp_path, clock):  # type: ignore[no-untyped-def]
+    """A datashare over `long_lake` (an export of it takes a while), on SQLite."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'datashare.sqlite'}"
+    lake = long_lake(tmp_path / "long-lake")
+    app, server, channel = await running_share(
+        start_server, dev_issuer, mint, tmp_path, clock, url, lake, batch_rows=2000
+    )
+    yield Share(app, channel, mint, clock)
+    await channel.close()
+    await server.stop(grace=0)
+    await app.stop()
+
+
+@pytest.mark.req("DSH-2")
+@pytest.mark.slow
+async def test_a_revocation_during_an_export_leaves_no_extract_behind(long_export):
+    """Revocations at several moments of an export of 100,000 rows — before its first batch, between
+    batches, during the upload, after it was recorded: whatever the order, once the revocation is done no
+    extract of the agreement can be downloaded and none is left in the lake."""
+    share = long_export
+    outcomes = set()
+    async with httpx.AsyncClient() as client:
+        for delay in (0.0, 0.05, 0.2, 0.5, None):  # None: once the export is done
+            agreement = await share.approved("parking_occupancy", share.terms(["site", "change_source"]))
+            export = asyncio.ensure_future(
+                share.access.Export(
+                    pb.ExportRequest(query=pb.QueryRequest(agreement=agreement.name)), metadata=share.consumer
+                )
+            )
+            if delay is None:
+                await asyncio.wait([export])
+            else:
+                await asyncio.sleep(delay)
+            await share.agreements.RevokeAgreement(
+                pb.RevokeAgreementRequest(name=agreement.name, reason="incident"), metadata=share.owner
+            )
+            [made] = await asyncio.gather(export, return_exceptions=True)
+            if isinstance(made, grpc.aio.AioRpcError):
+                assert error_info(made).reason == "AGREEMENT_NOT_IN_FORCE"
+                outcomes.add("refused")
+            else:
+                assert made.row_count == LONG_ROWS
+                assert (await client.get(made.url)).status_code == 404
+                outcomes.add("made, then deleted")
+            folder = share.app.lake.path("_datashare", "exports", agreement.name.split("/")[1])
+            assert share.app.lake.list_files(folder) == []
+            receipts = await share.receipts.ListReceipts(
+                pb.ListReceiptsRequest(agreement=agreement.name), metadata=share.owner
+            )
+            assert len(receipts.receipts) == 1
+    assert outcomes == {"refused", "made, then deleted"}  # the last revocation comes after the export

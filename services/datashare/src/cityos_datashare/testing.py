@@ -5,10 +5,12 @@ helpers to make agreements through the API. Test-only; imported by services/data
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pyarrow as pa
+import pyarrow.compute as pc
 from google.protobuf import timestamp_pb2
 
 from cityos.datashare.v1 import datashare_pb2 as pb
@@ -153,3 +155,30 @@ async def running_share(start_server, dev_issuer, mint, tmp_path, clock, databas
     server = await start_server(mounts)
     channel = grpc.aio.insecure_channel(server.address)
     return app, server, channel
+
+
+LONG_ROWS = 100_000
+
+
+def long_lake(folder: Path) -> Lake:
+    """A lake of 100,000 status changes of about 250 bytes each (25 MB: far more than HTTP/2 lets a
+    server send ahead of its reader, and an export that takes a while)."""
+    lake = Lake.local(folder)
+    n = pa.array(range(LONG_ROWS))
+    rows = {
+        "event_id": pc.cast(n, pa.string()),
+        "site": pa.array(["sites/r1"] * LONG_ROWS),
+        "spot": pa.array(["spots/r1-0"] * LONG_ROWS),
+        "group": pa.nulls(LONG_ROWS, pa.string()),
+        "status": pa.array(["OCCUPIED"] * LONG_ROWS),
+        "previous_status": pa.nulls(LONG_ROWS, pa.string()),
+        "previous_duration_s": pa.nulls(LONG_ROWS, pa.float64()),
+        "change_source": pc.binary_join_element_wise(pc.cast(n, pa.string()), "x" * 240, ""),
+        "owner_organization": pa.array([OWNER] * LONG_ROWS),
+        "area_cell": pa.nulls(LONG_ROWS, pa.string()),
+        "time": pa.array(
+            [DAY + timedelta(seconds=k) for k in range(LONG_ROWS)], pa.timestamp("us", tz="UTC")
+        ),
+    }
+    write_rows(lake, table("parking_occupancy"), pa.table(rows), "long")
+    return lake
