@@ -11,6 +11,7 @@ import pyarrow as pa
 from google.protobuf import any_pb2, timestamp_pb2
 
 from cityos.common.v1 import events_pb2
+from cityos.datashare.v1 import datashare_pb2
 from cityos.devices.v1 import devices_pb2
 from cityos.identity.v1 import identity_pb2
 from cityos.manholes.v1 import manholes_pb2
@@ -147,6 +148,32 @@ def test_an_alarm_event_has_the_alarms_fields_in_columns():
         "value": 1.75,
         "threshold": 1.5,
     }
+
+
+def test_a_datashare_event_has_the_agreement_in_columns():
+    agreement = datashare_pb2.Agreement(
+        name="agreements/0123",
+        dataset="datasets/parking_occupancy",
+        consumer_organization="ecology-bureau",
+        owner_organization="transport",
+        state=datashare_pb2.AGREEMENT_STATE_REVOKED,
+    )
+    dataset = datashare_pb2.Dataset(name="datasets/parking_occupancy")
+    found = rows.event_rows(
+        [
+            _event("g1", "datashare.agreement.revoked", agreement, subject="agreements/0123"),
+            _event("g2", "datashare.dataset.published", dataset, subject="datasets/parking_occupancy"),
+        ]
+    )["datashare_events"]
+    assert {key: found[0][key] for key in ("agreement", "dataset", "consumer_organization", "state")} == {
+        "agreement": "agreements/0123",
+        "dataset": "datasets/parking_occupancy",
+        "consumer_organization": "ecology-bureau",
+        "state": "REVOKED",
+    }
+    assert found[1]["dataset"] == "datasets/parking_occupancy"
+    assert "agreement" not in found[1] or found[1]["agreement"] is None
+    assert rows.to_table("datashare_events", found).num_rows == 2
 
 
 def test_a_payload_of_an_unknown_type_is_kept_as_its_bytes():

@@ -1,4 +1,4 @@
-"""cityos_platform.lake.tables: the registry's nine tables, its rules for a table's schema, and a row of
+"""cityos_platform.lake.tables: the registry's ten tables, its rules for a table's schema, and a row of
 every table written and read back through the lake."""
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ TABLES = {
     "streetlight_readings",
     "streetlight_energy",
     "audit_events",
+    "datashare_events",
 }
 
 
-def test_the_registry_holds_the_nine_tables_each_fully_described():
+def test_the_registry_holds_the_ten_tables_each_fully_described():
     assert set(REGISTRY) == TABLES
     for name, spec in REGISTRY.items():
         assert spec.name == name

@@ -376,6 +376,35 @@ _SPECS = [
         update_frequency="on change",
         personal=("subject", "payload"),
     ),
+    _spec(
+        "datashare_events",
+        [
+            *_event_columns(),
+            column(
+                "agreement",
+                pa.string(),
+                "Agreement.name, `agreements/{agreement}`; null otherwise",
+                nullable=True,
+            ),
+            column("dataset", pa.string(), "the dataset, `datasets/{dataset}`", nullable=True),
+            column(
+                "consumer_organization",
+                pa.string(),
+                "Agreement.consumer_organization: who reads under it; null for dataset events",
+                nullable=True,
+            ),
+            column("state", pa.string(), "Agreement.state after the change (enum name)", nullable=True),
+        ],
+        "How data is shared: the datashare service's events — datasets registered, published and "
+        "withdrawn as open data, and every agreement transition (requested, approved, rejected, revoked, "
+        "expired) with the agreement, its terms and its history as the payload, which names the people "
+        "who asked and decided, hence personal. " + _EVENT_MAPPING,
+        "datashare: EventService/StreamEvents (type `datashare.*`)",
+        key=("event_id",),
+        owner="city-office",
+        update_frequency="on change",
+        personal=("payload",),
+    ),
 ]
 
 REGISTRY: dict[str, TableSpec] = {spec.name: spec for spec in _SPECS}
@@ -386,6 +415,7 @@ EVENT_TABLES: dict[str, str] = {
     "parking.": "parking_events",
     "manholes.alarm.": "manhole_alarms",
     "identity.": "audit_events",
+    "datashare.": "datashare_events",
 }
 #: The per-domain telemetry tables of a device type (every reading also goes to device_telemetry).
 TELEMETRY_TABLES: dict[str, str] = {

@@ -1,17 +1,18 @@
 """From stream batches to rows of the lake tables (`cityos_platform.lake.tables`), as Arrow tables in
 each table's schema.
 
-Events (`event_chunks`): each event goes to the table of its type (`tables.table_for_event`:
-`devices.*` -> device_events, `parking.*` -> parking_events, `manholes.alarm.*` -> manhole_alarms,
-`identity.*` -> audit_events); a type the registry keeps no table for is not exported (counted in
-`Skipped`). The envelope becomes columns; the payload (an Any) is unpacked with the API's descriptors
-and stored as protobuf JSON (`MessageToJson` shape, lowerCamelCase names), with any field named
-`plate` removed at every depth — the services emit only pseudonyms, and the lake must never hold a
-plate even if one slipped in. A payload of a type this build does not know is stored as
-`{"@type": …, "base64": …}`. Parking events also fill `site`, `spot` and `plate_pseudonym` from the
-payload (the first such field, depth first; a Site's or Spot's `name`; else the subject's prefix), and
-each `parking.spot.*` event with a SpotStatusChanged payload adds one parking_occupancy row. Manhole
-alarm events fill the alarm's main fields from their AlarmChanged payload.
+Events (`event_chunks`): each event goes to the table of its type (`tables.table_for_event`: `devices.*`
+-> device_events, `parking.*` -> parking_events, `manholes.alarm.*` -> manhole_alarms, `identity.*` ->
+audit_events, `datashare.*` -> datashare_events); a type the registry keeps no table for is not exported
+(counted in `Skipped`). The envelope becomes columns; the payload (an Any) is unpacked with the API's
+descriptors and stored as protobuf JSON (`MessageToJson` shape, lowerCamelCase names), with any field
+named `plate` removed at every depth — the services emit only pseudonyms, and the lake must never hold a
+plate even if one slipped in. A payload of a type this build does not know is stored as `{"@type": …,
+"base64": …}`. Parking events also fill `site`, `spot` and `plate_pseudonym` from the payload (the first
+such field, depth first; a Site's or Spot's `name`; else the subject's prefix), and each
+`parking.spot.*` event with a SpotStatusChanged payload adds one parking_occupancy row. Manhole alarm
+events fill the alarm's main fields from their AlarmChanged payload; datashare events the agreement, its
+dataset, consumer and state from their Agreement payload (a Dataset payload: the dataset).
 
 Telemetry (`telemetry_chunks`): each record of the feed gives one row per metric of its reading in
 device_telemetry, and the same rows in its device type's table (`tables.telemetry_tables`:
@@ -48,7 +49,10 @@ SITE_TYPE = "cityos.parking.v1.Site"
 SPOT_TYPE = "cityos.parking.v1.Spot"
 SPOT_STATUS_CHANGED = "cityos.parking.v1.SpotStatusChanged"
 ALARM_CHANGED = "cityos.manholes.v1.AlarmChanged"
+AGREEMENT = "cityos.datashare.v1.Agreement"
+DATASET = "cityos.datashare.v1.Dataset"
 PARKING_EVENTS, PARKING_OCCUPANCY, MANHOLE_ALARMS = "parking_events", "parking_occupancy", "manhole_alarms"
+DATASHARE_EVENTS = "datashare_events"
 SCRUBBED = frozenset({"plate"})  # never in the lake, whatever a payload carries
 
 
@@ -211,6 +215,23 @@ def alarm_columns(message: Message | None) -> dict[str, Any]:
     }
 
 
+def agreement_columns(message: Message | None) -> dict[str, Any]:
+    if message is None:
+        return {}
+    kind = message.DESCRIPTOR.full_name
+    if kind == DATASET:
+        return {"dataset": _or_null(message.name)}  # type: ignore[attr-defined]
+    if kind != AGREEMENT:
+        return {}
+    state = message.DESCRIPTOR.fields_by_name["state"].enum_type
+    return {
+        "agreement": _or_null(message.name),  # type: ignore[attr-defined]
+        "dataset": _or_null(message.dataset),  # type: ignore[attr-defined]
+        "consumer_organization": _or_null(message.consumer_organization),  # type: ignore[attr-defined]
+        "state": enum_name(state, message.state),  # type: ignore[attr-defined]
+    }
+
+
 def event_rows(
     events: Sequence[events_pb2.Event], skipped: Skipped | None = None
 ) -> dict[str, list[dict[str, Any]]]:
@@ -230,6 +251,8 @@ def event_rows(
                 out[PARKING_OCCUPANCY].append(occupancy_row(event, message))
         elif name == MANHOLE_ALARMS:
             row.update(alarm_columns(message))
+        elif name == DATASHARE_EVENTS:
+            row.update(agreement_columns(message))
         out[name].append(row)
     return dict(out)
 
