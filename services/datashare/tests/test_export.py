@@ -24,6 +24,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from cityos.datashare.v1 import datashare_pb2 as pb
+from cityos_datashare.agreements import expire_due
 from cityos_datashare.testing import LONG_ROWS, Share, fill, long_lake, running_share
 from cityos_platform.lake import Lake
 from cityos_platform.testing.status import error_info
@@ -169,3 +170,16 @@ async def test_a_revocation_during_an_export_leaves_no_extract_behind(long_expor
             )
             assert len(receipts.receipts) == 1
     assert outcomes == {"refused", "made, then deleted"}  # the last revocation comes after the export
+
+
+async def test_the_expiry_sweep_deletes_the_extracts_of_an_expired_agreement(share):
+    agreement = await share.approved("parking_occupancy", share.terms(["site"], days=1))
+    export = await share.access.Export(
+        pb.ExportRequest(query=pb.QueryRequest(agreement=agreement.name), url_ttl_seconds=3600),
+        metadata=share.consumer,
+    )
+    path = share.app.exports.path(agreement.name.split("/")[1], export.name.split("/")[-1])
+    assert share.app.lake.exists(path)
+    share.clock.advance(days=1)
+    assert await expire_due(share.app.db, share.app.exports.delete_for) == [agreement.name.split("/")[1]]
+    assert not share.app.lake.exists(path)

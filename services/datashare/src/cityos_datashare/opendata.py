@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -50,7 +50,7 @@ class _Bucket:
 class RateLimiter:
     """A token bucket per client key."""
 
-    def __init__(self, rate_per_s: float, *, clock: object = time.monotonic) -> None:
+    def __init__(self, rate_per_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate_per_s
         self.burst = max(1.0, rate_per_s)
         self.clock = clock
@@ -59,7 +59,7 @@ class RateLimiter:
 
     def take(self, key: str) -> float:
         """0 when the request may go ahead, else the seconds until it could."""
-        now = self.clock()  # type: ignore[operator]
+        now = self.clock()
         if now - self._swept > IDLE_S:
             self.buckets = {k: b for k, b in self.buckets.items() if now - b.at < IDLE_S}
             self._swept = now
