@@ -7,8 +7,9 @@ the owners):
 - an agreement of the city office for a Rongdong parking dashboard, asked for and approved on narrower
   terms (its last 90 days, only the columns it needs).
 
-Every step is idempotent (a fixed request id, approvals of an already approved agreement return it), so
-a restart of the city seeds nothing twice.
+Every step is idempotent — publishing again changes nothing, and the agreement a previous start asked for
+is found among the city office's agreements (by its purpose) and reused while it stands — so a restart of
+the city seeds nothing twice.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from cityos.datashare.v1 import datashare_pb2 as pb
 from cityos.datashare.v1 import datashare_pb2_grpc
 
 log = logging.getLogger(__name__)
-DASHBOARD_REQUEST = "demo-rongdong-parking-dashboard"
+DASHBOARD_PURPOSE = "Rongdong parking dashboard of the city office (occupancy by site and hour)"
 
 
 def _stamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -33,7 +34,9 @@ def _stamp(value: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-async def seed(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> pb.Agreement:
+async def seed(
+    channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...], now: datetime | None = None
+) -> pb.Agreement:
     catalog = datashare_pb2_grpc.CatalogServiceStub(channel)
     agreements = datashare_pb2_grpc.AgreementServiceStub(channel)
     await catalog.PublishOpenData(
@@ -60,28 +63,25 @@ async def seed(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...])
         metadata=metadata,
         timeout=10,
     )
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = now or datetime.now(UTC).replace(microsecond=0)
     expiry = now + timedelta(days=365)
-    agreement = await agreements.RequestAgreement(
-        pb.RequestAgreementRequest(
-            agreement=pb.Agreement(
-                dataset="datasets/parking_occupancy",
-                purpose="Rongdong parking dashboard of the city office (occupancy by site and hour)",
-                requested_terms=pb.Terms(
-                    columns=["site", "spot", "status", "time", "area_cell"],
-                    areas=["rongdong"],
-                    expire_time=_stamp(expiry),
+    agreement = await _standing_dashboard_agreement(agreements, metadata)
+    if agreement is None:
+        agreement = await agreements.RequestAgreement(
+            pb.RequestAgreementRequest(
+                agreement=pb.Agreement(
+                    dataset="datasets/parking_occupancy",
+                    purpose=DASHBOARD_PURPOSE,
+                    requested_terms=pb.Terms(
+                        columns=["site", "spot", "status", "time", "area_cell"],
+                        areas=["rongdong"],
+                        expire_time=_stamp(expiry),
+                    ),
                 ),
             ),
-            request_id=DASHBOARD_REQUEST,
-        ),
-        metadata=metadata,
-        timeout=10,
-    )
-    # A repeated request replays its first answer: read where the agreement stands now.
-    agreement = await agreements.GetAgreement(
-        pb.GetAgreementRequest(name=agreement.name), metadata=metadata, timeout=10
-    )
+            metadata=metadata,
+            timeout=10,
+        )
     if agreement.state == pb.AGREEMENT_STATE_REQUESTED:
         agreement = await agreements.ApproveAgreement(
             pb.ApproveAgreementRequest(
@@ -90,7 +90,7 @@ async def seed(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...])
                     columns=["site", "status", "time", "area_cell"],
                     areas=["rongdong"],
                     window_start=_stamp(now - timedelta(days=90)),
-                    expire_time=_stamp(expiry),
+                    expire_time=agreement.requested_terms.expire_time,
                 ),
                 reason="approved for the dashboard; spot-level ids are not needed for it",
             ),
@@ -99,6 +99,29 @@ async def seed(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...])
         )
     result: pb.Agreement = agreement
     return result
+
+
+async def _standing_dashboard_agreement(
+    agreements: datashare_pb2_grpc.AgreementServiceStub, metadata: tuple[tuple[str, str], ...]
+) -> pb.Agreement | None:
+    """The demo agreement a previous start made, if it is still requested or approved."""
+    token = ""
+    while True:
+        page = await agreements.ListAgreements(
+            pb.ListAgreementsRequest(
+                role=pb.AGREEMENT_ROLE_CONSUMER, dataset="datasets/parking_occupancy", page_token=token
+            ),
+            metadata=metadata,
+            timeout=10,
+        )
+        for agreement in page.agreements:
+            standing = (pb.AGREEMENT_STATE_REQUESTED, pb.AGREEMENT_STATE_APPROVED)
+            if agreement.purpose == DASHBOARD_PURPOSE and agreement.state in standing:
+                found: pb.Agreement = agreement
+                return found
+        token = page.next_page_token
+        if not token:
+            return None
 
 
 async def run_embedded(endpoints: dict[str, str], token: str, var_dir: Path, speedup: float) -> None:
