@@ -18,6 +18,6 @@ async def test_the_demo_seed_is_idempotent(share):
     assert again.name == first.name
     assert len(again.history) == 2
     published = await share.open_data.ListOpenDatasets(pb.ListOpenDatasetsRequest())
-    assert {d.dataset_id for d in published.datasets} == {"parking_occupancy", "streetlight_energy"}
+    assert {d.dataset_id for d in published.datasets} == {"parking_occupancy", "device_telemetry"}
     rows, _ = await share.query(pb.QueryRequest(agreement=first.name), metadata=admin)
     assert rows.column_names == ["site", "status", "time", "area_cell"]

@@ -2,8 +2,9 @@
 `cityos.simulators` entry point), with the simulator's city-admin token (a city-wide role acts for
 the owners):
 
-- open data: parking status changes (`parking_occupancy`: site, status, time) and hourly streetlight
-  energy per district cell (groups of at least 5 rows);
+- open data: parking status changes (`parking_occupancy`: site, status, time) and the city's sensor
+  statistics (`device_telemetry`: mean, min and max of each metric per device type, groups of at least 5
+  readings);
 - an agreement of the city office for a Rongdong parking dashboard, asked for and approved on narrower
   terms (its last 90 days, only the columns it needs).
 
@@ -49,13 +50,14 @@ async def seed(
     )
     await catalog.PublishOpenData(
         pb.PublishOpenDataRequest(
-            name="datasets/streetlight_energy",
+            name="datasets/device_telemetry",
             publication=pb.OpenDataPublication(
-                columns=["area_cell", "energy_wh", "full_power_wh"],
-                group_by=["area_cell"],
+                columns=["device_type", "metric", "value"],
+                group_by=["device_type", "metric"],
                 aggregates=[
-                    pb.Aggregate(function=pb.AGGREGATE_FUNCTION_SUM, column="energy_wh"),
-                    pb.Aggregate(function=pb.AGGREGATE_FUNCTION_SUM, column="full_power_wh"),
+                    pb.Aggregate(function=pb.AGGREGATE_FUNCTION_MEAN, column="value"),
+                    pb.Aggregate(function=pb.AGGREGATE_FUNCTION_MIN, column="value"),
+                    pb.Aggregate(function=pb.AGGREGATE_FUNCTION_MAX, column="value"),
                 ],
                 min_group_size=5,
             ),
