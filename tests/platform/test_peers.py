@@ -30,7 +30,7 @@ from cityos_platform.issuer import (
     DevIssuerServer,
     load_or_create_client_secret,
 )
-from cityos_platform.launcher import Launcher
+from cityos_platform.launcher import Launcher, port_is_free
 from cityos_platform.peers import (
     ClientCredentials,
     PeerNotConfigured,
@@ -295,6 +295,20 @@ def test_endpoints_and_client_settings_are_validated_by_variable(monkeypatch):
         load_settings()
 
 
+def test_a_port_left_in_time_wait_by_a_previous_run_is_free_again_and_a_listening_one_is_not():
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert not port_is_free(port)
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its end of the connection enters TIME_WAIT
+        client.close()
+    assert port_is_free(port)
+
+
 def test_the_launcher_plans_distinct_ports_and_registers_every_service_client(tmp_path):
     launcher = Launcher(load_settings(var_dir=tmp_path), console=None)  # type: ignore[arg-type]
     with socket.socket() as taken:
@@ -308,6 +322,21 @@ def test_the_launcher_plans_distinct_ports_and_registers_every_service_client(tm
     assert set(ports) == {"devices", "parking", "identity"}
     assert len(set(ports.values())) == 3
     assert ports["devices"] != busy
+    with socket.socket() as taken_http:
+        taken_http.bind(("127.0.0.1", 0))
+        busy_http = taken_http.getsockname()[1]
+        with_http = [
+            ServiceDefinition(name="datashare", dev_port=50066, factory="x:y", dev_http_port=busy_http),
+            ServiceDefinition(
+                name="web-thing", dev_port=50067, factory="x:y", dev_http_port=ports["parking"]
+            ),
+            ServiceDefinition(name="parking", dev_port=50071, factory="x:y"),
+        ]
+        http = Launcher.plan_http_ports(with_http, set(ports.values()))
+    assert set(http) == {"datashare", "web-thing"}  # parking has no HTTP listener
+    assert http["datashare"] != busy_http
+    assert http["web-thing"] not in ports.values()
+    assert with_http[1].http_port_variable == "CITYOS_WEB_THING_HTTP_PORT"
     issuer = DevIssuer(tmp_path / "issuer", "http://127.0.0.1:1/realms/cityos")
     secret = launcher.register_clients(issuer, ["devices", "parking"])
     issuer.authenticate_client("cityos-parking", secret)

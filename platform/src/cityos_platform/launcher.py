@@ -50,6 +50,7 @@ class Child:
     port: int  # 0 for a process that serves nothing (the simulator)
     log_path: Path
     process: subprocess.Popen[bytes]
+    http_port: int = 0  # the service's HTTP listener, if it has one
 
     @property
     def address(self) -> str:
@@ -57,7 +58,11 @@ class Child:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server could listen on the port now. SO_REUSEADDR, as the gRPC and HTTP servers set it:
+    connections of a previous run lingering in TIME_WAIT do not make the port busy, so a restarted city
+    gets its usual ports back."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -105,6 +110,20 @@ class Launcher:
             ports[definition.name] = port
         return ports
 
+    @staticmethod
+    def plan_http_ports(definitions: list[ServiceDefinition], taken: set[int]) -> dict[str, int]:
+        """For each service with an HTTP listener, its `dev_http_port`, or a free one when that is taken
+        (by another process or by one of the `taken` gRPC ports)."""
+        ports: dict[str, int] = {}
+        for definition in definitions:
+            if not definition.dev_http_port:
+                continue
+            port = definition.dev_http_port
+            while port in taken or port in ports.values() or not port_is_free(port):
+                port = free_port()
+            ports[definition.name] = port
+        return ports
+
     def register_clients(self, issuer: DevIssuer, names: list[str]) -> str:
         """Register `cityos-<name>` for every service with the development issuer; the shared secret."""
         secret = load_or_create_client_secret(self.settings.var_dir / "issuer" / CLIENT_SECRET_FILE)
@@ -113,7 +132,12 @@ class Launcher:
         return secret
 
     def spawn(
-        self, definition: ServiceDefinition, port: int, endpoints: dict[str, str], client_secret: str
+        self,
+        definition: ServiceDefinition,
+        port: int,
+        endpoints: dict[str, str],
+        client_secret: str,
+        http_port: int = 0,
     ) -> Child:
         env = {
             **os.environ,
@@ -122,7 +146,11 @@ class Launcher:
             "CITYOS_ENDPOINTS": json.dumps(endpoints),
             "CITYOS_AUTH_CLIENT_SECRET": client_secret,
         }
-        return self._start(definition.name, port, ["serve", definition.name], env)
+        if http_port:
+            env[definition.http_port_variable] = str(http_port)
+        child = self._start(definition.name, port, ["serve", definition.name], env)
+        child.http_port = http_port
+        return child
 
     def _start(self, name: str, port: int, arguments: list[str], env: dict[str, str]) -> Child:
         log_dir = self.settings.var_dir / "log"
@@ -170,6 +198,8 @@ class Launcher:
         table.add_column("log")
         for child in self.children:
             endpoint = child.address if child.port else "(simulated devices)"
+            if child.http_port:
+                endpoint += f"\nhttp://127.0.0.1:{child.http_port}"
             table.add_row(child.name, endpoint, str(child.process.pid), str(child.log_path))
         return table
 
@@ -216,12 +246,13 @@ class Launcher:
             self.console.print(f"development issuer: {issuer.issuer.issuer_url}")
             self.console.print(f"starting {len(services)} service(s): {', '.join(services)}")
             ports = self.plan_ports(list(services.values()))
+            http_ports = self.plan_http_ports(list(services.values()), set(ports.values()))
             endpoints = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
             # For tools run beside the city (`cityos analytics run` calls services by these addresses).
             (self.settings.var_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2))
             secret = self.register_clients(issuer.issuer, list(services))
             self.children = [
-                self.spawn(definition, ports[name], endpoints, secret)
+                self.spawn(definition, ports[name], endpoints, secret, http_ports.get(name, 0))
                 for name, definition in services.items()
             ]
             for child in self.children:

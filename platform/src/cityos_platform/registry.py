@@ -48,6 +48,13 @@ class ServiceDefinition:
     dev_port: int
     factory: str  # "package.module:callable", a ServiceFactory
     description: str = ""
+    # The embedded port of the service's HTTP listener, if it has one (0: none). The launcher hands the
+    # port it chose to the service as `CITYOS_<NAME>_HTTP_PORT` and shows it beside the gRPC endpoint.
+    dev_http_port: int = 0
+
+    @property
+    def http_port_variable(self) -> str:
+        return f"CITYOS_{self.name.upper().replace('-', '_')}_HTTP_PORT"
 
     def load_factory(self) -> ServiceFactory:
         module_name, _, attribute = self.factory.partition(":")

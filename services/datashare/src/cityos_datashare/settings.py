@@ -13,7 +13,7 @@ class DatashareSettings(BaseSettings):
 
     # -- the HTTP listener (NGSI-LD API; extract downloads from a local-folder lake) ---------------------
     http_host: str = "127.0.0.1"
-    # 0 picks a free port. The embedded city asks for 50076 and takes a free one when that is busy.
+    # 0 picks a free port. In the embedded city the launcher picks it (50076 unless busy) and shows it.
     http_port: int = Field(default=50076, ge=0, le=65535)
     # The base URL clients reach the HTTP listener at (download links are built on it); empty: the
     # listener's own http://host:port.
