@@ -71,6 +71,7 @@ class DatashareApp:
         self.http: HttpServer | None = None
         self.http_url = ""
         self.sweep: PeriodicTask | None = None
+        self.open_data: OpenDataServicer | None = None
 
     def _channels(self) -> dict[str, grpc.aio.Channel]:
         if self._live_channels is not None:
@@ -123,6 +124,7 @@ class DatashareApp:
         exports.base_url = ds.public_url.rstrip("/") or self.http_url
         _write_url(Path(self.settings.var_dir) / "datashare-http-url", exports.base_url)
         log.info("datashare HTTP (NGSI-LD, extract downloads) at %s", exports.base_url)
+        self.open_data = OpenDataServicer(db, self.lake, receipts, tokens(), ds)
         if self.settings.runs_singletons:
             self.sweep = expiry_sweep(db, ds.expiry_sweep_s, exports.delete_for)
             if self.run_tasks:
@@ -150,7 +152,7 @@ class DatashareApp:
             ),
             Mount(
                 descriptor=pb.DESCRIPTOR.services_by_name["OpenDataService"],
-                servicer=OpenDataServicer(db, self.lake, receipts, tokens(), ds),
+                servicer=self.open_data,
                 add_to_server=datashare_pb2_grpc.add_OpenDataServiceServicer_to_server,
             ),
             event_stream_mount(db, poll_interval_s=self.settings.events_poll_interval_s),
