@@ -49,6 +49,7 @@ async def test_lake_tables_job_outputs_and_live_views_are_registered_at_start(sh
     spot = datasets["ngsi-ld.ParkingSpot"]
     assert spot.kind == pb.DATASET_KIND_LIVE_VIEW
     assert spot.data_model == "ParkingSpot"
+    assert await share.catalog.GetDataset(pb.GetDatasetRequest(name=spot.name)) == spot
 
 
 @pytest.mark.req("DSH-7")

@@ -41,8 +41,8 @@ from cityos_platform.lake.tables import TableSpec
 from cityos_platform.paging import PageTokens, keyset_page, page_size
 from cityos_platform.tenancy import is_city_wide, not_found
 
-DATASET_ID = re.compile(r"^[a-z][a-z0-9_.-]{0,127}$")
-ID_RULE = "1 to 128 lower-case letters, digits, '_', '.' or '-', starting with a letter"
+DATASET_ID = re.compile(r"^[a-z][A-Za-z0-9_.-]{0,127}$")
+ID_RULE = "1 to 128 letters, digits, '_', '.' or '-', starting with a lower-case letter"
 CLASSES: dict[str, int] = {
     "public": pb.CLASSIFICATION_PUBLIC,
     "internal": pb.CLASSIFICATION_INTERNAL,
