@@ -53,7 +53,7 @@ def access(
     owner: str = "org-a",
     consumer: str = "org-b",
     dataset: str = "parking_events",
-    agreement: str = "3f0c8a52-0000-4000-8000-000000000001",
+    agreement: str = "0190a1b2c3d4e5f60718293a4b5c6d01",
     kind: int = pb.ACCESS_KIND_QUERY,
 ) -> AccessRecord:
     return AccessRecord(
@@ -171,7 +171,7 @@ async def test_the_hash_covers_the_fields_but_not_the_signature(receipts, db):
     assert fields["time"].endswith("Z")
     assert len(fields["time"]) == len("2026-01-01T00:00:00.000000Z")
     body = (
-        '{"agreement_id":"3f0c8a52-0000-4000-8000-000000000001","columns":["zone_id","occupied"],'
+        '{"agreement_id":"0190a1b2c3d4e5f60718293a4b5c6d01","columns":["zone_id","occupied"],'
         f'"completed":true,"consumer_organization":"org-b","dataset_id":"parking_events","kind":1,'
         f'"owner_organization":"org-a","previous_hash":"{GENESIS}","purpose":"traffic planning",'
         f'"query_hash":"{query_hash("query 0")}","row_count":100,"sequence":1,"subject":"users/org-b-reader",'
@@ -381,7 +381,7 @@ async def seed(receipts: ReceiptLog) -> dict[str, list[int]]:
         access(owner="org-c", consumer="org-c", dataset="waste_levels", agreement=""),  # 4
         access(owner="org-a", consumer="", agreement="", kind=pb.ACCESS_KIND_OPEN_DATA),  # 5
         access(owner="org-c", consumer="org-d", dataset="waste_levels"),  # 6
-        access(owner="org-a", consumer="org-b", agreement="3f0c8a52-0000-4000-8000-000000000002"),  # 7
+        access(owner="org-a", consumer="org-b", agreement="0190a1b2c3d4e5f60718293a4b5c6d02"),  # 7
     ]
     for record in plan:
         await receipts.append(record)
@@ -407,7 +407,7 @@ async def test_list_receipts_shows_an_organization_its_data_and_its_reads(api, r
     receipt = response.receipts[0]
     assert receipt.name == "receipts/7"
     assert receipt.dataset == "datasets/parking_events"
-    assert receipt.agreement == "agreements/3f0c8a52-0000-4000-8000-000000000002"
+    assert receipt.agreement == "agreements/0190a1b2c3d4e5f60718293a4b5c6d02"
     assert receipt.kind == pb.ACCESS_KIND_QUERY
     assert receipt.completed
     assert receipt.row_count == 100
@@ -426,7 +426,7 @@ async def test_list_receipts_filters_by_dataset_and_agreement(api, receipts, min
     assert await listed(api, auditor, dataset="datasets/waste_levels") == [6, 4, 2]
     assert await listed(api, a, dataset="datasets/waste_levels") == []  # C's data, not A's business
     assert await listed(api, a, dataset="datasets/parking_events") == [7, 5, 1]
-    only = "agreements/3f0c8a52-0000-4000-8000-000000000002"
+    only = "agreements/0190a1b2c3d4e5f60718293a4b5c6d02"
     assert await listed(api, a, agreement=only) == [7]
     assert await listed(api, a, dataset="datasets/air_quality", agreement=only) == []
 

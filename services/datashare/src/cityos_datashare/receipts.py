@@ -55,7 +55,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,6 +73,8 @@ from sqlalchemy.exc import IntegrityError
 
 from cityos.datashare.v1 import datashare_pb2 as pb
 from cityos.datashare.v1 import datashare_pb2_grpc
+from cityos_datashare.agreements import parse_agreement_name
+from cityos_datashare.catalog import parse_dataset_name
 from cityos_datashare.models import ReceiptRow
 from cityos_datashare.settings import DatashareSettings, receipt_key_path
 from cityos_platform.auth import Principal
@@ -81,7 +82,7 @@ from cityos_platform.config import ConfigError
 from cityos_platform.db import Database
 from cityos_platform.errors import InvalidArgument
 from cityos_platform.interceptor import current_call
-from cityos_platform.paging import PageTokens
+from cityos_platform.paging import PageTokens, page_size
 from cityos_platform.tenancy import is_city_wide
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,8 @@ log = logging.getLogger(__name__)
 GENESIS: Final = "0" * 64
 SIGNING_KEY_VARIABLE: Final = "CITYOS_DATASHARE_RECEIPT_SIGNING_KEY"
 PREVIOUS_KEYS_VARIABLE: Final = "CITYOS_DATASHARE_RECEIPT_PREVIOUS_PUBLIC_KEYS"
-# Besides the city-wide roles, the role that reads every receipt.
 VERIFY_PAGE_ROWS: Final = 1000
 APPEND_ATTEMPTS: Final = 5
-DEFAULT_PAGE: Final = 50
-MAX_PAGE: Final = 500
-DATASET_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-AGREEMENT_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,35}$")
 
 
 # -- what is recorded -------------------------------------------------------------------------------------
@@ -477,15 +473,6 @@ def visible_receipts(caller: Principal) -> ColumnElement[bool]:
     )
 
 
-def _filter_id(
-    name: str, prefix: str, pattern: re.Pattern[str], field: str, problems: list[tuple[str, str]]
-) -> str:
-    identifier = name.removeprefix(prefix)
-    if not name.startswith(prefix) or not pattern.match(identifier):
-        problems.append((field, f"must be {prefix}{{id}}, the id matching {pattern.pattern}"))
-    return identifier
-
-
 class ReceiptServicer(datashare_pb2_grpc.ReceiptServiceServicer):
     def __init__(self, log: ReceiptLog, page_tokens: PageTokens) -> None:
         self.log = log
@@ -496,17 +483,25 @@ class ReceiptServicer(datashare_pb2_grpc.ReceiptServiceServicer):
     ) -> pb.ListReceiptsResponse:
         problems: list[tuple[str, str]] = []
         statement = select(ReceiptRow)
-        if request.dataset:
-            dataset_id = _filter_id(request.dataset, "datasets/", DATASET_ID, "dataset", problems)
-            statement = statement.where(ReceiptRow.dataset_id == dataset_id)
-        if request.agreement:
-            agreement_id = _filter_id(request.agreement, "agreements/", AGREEMENT_ID, "agreement", problems)
-            statement = statement.where(ReceiptRow.agreement_id == agreement_id)
+        try:
+            if request.dataset:
+                statement = statement.where(
+                    ReceiptRow.dataset_id == parse_dataset_name(request.dataset, "dataset")
+                )
+        except InvalidArgument as error:
+            problems += [(v.field, v.description) for v in error.violations]
+        try:
+            if request.agreement:
+                statement = statement.where(
+                    ReceiptRow.agreement_id == parse_agreement_name(request.agreement, "agreement")
+                )
+        except InvalidArgument as error:
+            problems += [(v.field, v.description) for v in error.violations]
         if request.page_size < 0:
             problems.append(("page_size", "must not be negative"))
         if problems:
             raise InvalidArgument.many(problems)
-        size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+        size = page_size(request.page_size)
         caller = current_call().principal
         position = self.page_tokens.parse(
             request.page_token, subject=caller.subject, organization=caller.organization, request=request
