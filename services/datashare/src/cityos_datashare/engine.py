@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from cityos_datashare.enforce import Plan
 from cityos_platform.errors import FailedPrecondition
 from cityos_platform.lake import Lake
-from cityos_platform.lake.read import plan_read
+from cityos_platform.lake.read import ReadPlan, plan_read
 
 # Small file groups: the grant is re-checked between groups, so a revocation stops an aggregation soon.
 GROUP_BYTES = 16 * 1024 * 1024
@@ -165,7 +165,7 @@ def _combine(plan: Plan, partials: list[pa.Table], schema: pa.Schema) -> pa.Tabl
 
 async def _aggregate(
     plan: Plan,
-    read: object,
+    read: ReadPlan,
     groups: list[list[str]],
     schema: pa.Schema,
     batch_rows: int,
@@ -176,7 +176,7 @@ async def _aggregate(
     partials: list[pa.Table] = []
     for paths in groups:
         await _check(still_granted, agreement)
-        table = await asyncio.to_thread(read.reader.arrow, paths)  # type: ignore[attr-defined]
+        table = await asyncio.to_thread(read.reader.arrow, paths)
         if table.num_rows:
             partials.append(await asyncio.to_thread(_partial, plan, table))
     if not partials:
